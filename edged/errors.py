@@ -1,0 +1,42 @@
+"""Typed errors with messages a user can act on.
+
+Every error names the thing that was wrong and what was expected, so a log
+line or a CLI message is enough to fix the problem without reading code.
+"""
+
+from __future__ import annotations
+
+
+class EdgedError(Exception):
+    """Base class for every error edged raises on purpose."""
+
+
+class MissingDependencyError(EdgedError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ManifestError(EdgedError):
+    """A model manifest is missing, unparsable or lacks a required field."""
+
+
+class IntegrityError(EdgedError):
+    """An artifact's sha256 differs from the manifest: the file is refused."""
+
+
+class UnknownModelError(EdgedError, KeyError):
+    """A model name that is not in the catalogue."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+class InputError(EdgedError, ValueError):
+    """An input array does not fit the model (shape, dtype, NaN/inf)."""
+
+
+class BackendError(EdgedError):
+    """A runtime backend failed to load or run a model."""
+
+
+class ConfigError(EdgedError):
+    """A configuration file or value is invalid."""
