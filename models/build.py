@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Rebuild every shipped model artifact from scratch, with fixed seeds.
+
+    pip install -e '.[train]'      # tensorflow-cpu, scikit-learn, onnx
+    python models/build.py          # writes models/{mlp,cnn}/*
+
+For each model this writes ``model.tflite`` (LiteRT, float32), ``model.onnx``
+(opset 13, written node by node from the trained Keras weights so no converter
+version can change the graph), ``validation.npz`` (the held-out set WCET and
+accuracy are measured on: ``x`` float32 in the canonical layout, ``y`` int64)
+and ``manifest.json`` (input spec, labels, preprocessing, sha256 of every
+artifact, parameter count, FLOPs, accuracy and macro-F1 of each artifact on
+the held-out set).
+
+Models (Saguil & Azim's pair):
+- ``mlp``: 1-D signal classifier. Wisconsin breast-cancer features (30 floats),
+  one hidden Dense(32, relu), softmax over 2 classes. Standardisation is folded
+  into the first layer, so the model takes raw sensor values.
+- ``cnn``: image classifier. scikit-learn digits (8x8 grey, scaled to [0, 1]):
+  Conv2D(16) -> Conv2D(32) -> MaxPool(2) -> Flatten -> Dense(128, relu) -> Dense(10, softmax).
+  Canonical layout NHWC (what a sensor sends); the ONNX artifact is NCHW and the
+  catalogue transposes, which keeps layout handling exercised on a real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SEED = 20240501
+OPSET = 13
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    f1s = []
+    for c in range(n_classes):
+        tp = int(np.sum((y_pred == c) & (y_true == c)))
+        fp = int(np.sum((y_pred == c) & (y_true != c)))
+        fn = int(np.sum((y_pred != c) & (y_true == c)))
+        denom = 2 * tp + fp + fn
+        f1s.append(0.0 if denom == 0 else 2 * tp / denom)
+    return float(np.mean(f1s))
+
+
+def split(x: np.ndarray, y: np.ndarray, frac: float = 0.25) -> Tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    return tuple(train_test_split(x, y, test_size=frac, random_state=SEED, stratify=y))
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def mlp_data() -> Dict[str, Any]:
+    from sklearn.datasets import load_breast_cancer
+
+    ds = load_breast_cancer()
+    x = ds.data.astype(np.float32)
+    y = ds.target.astype(np.int64)
+    x_tr, x_va, y_tr, y_va = split(x, y)
+    return {
+        "x_tr": x_tr, "y_tr": y_tr, "x_va": x_va, "y_va": y_va,
+        "labels": [str(n) for n in ds.target_names],
+        "feature_names": [str(n) for n in ds.feature_names],
+        "dataset": "sklearn.datasets.load_breast_cancer (Wisconsin diagnostic, 569 x 30)",
+    }
+
+
+def cnn_data() -> Dict[str, Any]:
+    from sklearn.datasets import load_digits
+
+    ds = load_digits()
+    x = (ds.images.astype(np.float32) / 16.0)[..., np.newaxis]  # N, 8, 8, 1 (NHWC)
+    y = ds.target.astype(np.int64)
+    x_tr, x_va, y_tr, y_va = split(x, y)
+    return {
+        "x_tr": x_tr, "y_tr": y_tr, "x_va": x_va, "y_va": y_va,
+        "labels": [str(i) for i in range(10)],
+        "dataset": "sklearn.datasets.load_digits (8x8 grey digits, 1797 images)",
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_mlp(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    mean = d["x_tr"].mean(axis=0)
+    std = d["x_tr"].std(axis=0) + 1e-8
+    z_tr = (d["x_tr"] - mean) / std
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(30,), name="input"),
+        tf.keras.layers.Dense(32, activation="relu", name="hidden"),
+        tf.keras.layers.Dense(2, activation="softmax", name="probs"),
+    ])
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(z_tr, d["y_tr"], epochs=60, batch_size=32, verbose=0, shuffle=True)
+    # Fold standardisation into the first Dense layer: W' = W / std, b' = b - (mean / std) @ W.
+    w1, b1 = model.get_layer("hidden").get_weights()
+    w1f = (w1 / std[:, None]).astype(np.float32)
+    b1f = (b1 - (mean / std) @ w1).astype(np.float32)
+    model.get_layer("hidden").set_weights([w1f, b1f])
+    return model, {"standardisation_folded": True, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def train_cnn(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(8, 8, 1), name="input"),
+        tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        tf.keras.layers.MaxPooling2D(2, name="pool"),
+        tf.keras.layers.Flatten(name="flatten"),
+        tf.keras.layers.Dense(128, activation="relu", name="dense"),
+        tf.keras.layers.Dense(10, activation="softmax", name="probs"),
+    ])
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(d["x_tr"], d["y_tr"], epochs=30, batch_size=32, verbose=0, shuffle=True)
+    return model, {"scale": "pixel / 16.0 -> [0, 1]"}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_tflite(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Float32 flatbuffer with a dynamic batch dimension (shape_signature -1)."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = []
+    path.write_bytes(conv.convert())
+
+
+def _init(name: str, arr: np.ndarray):  # type: ignore[no-untyped-def]
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(arr), name=name)
+
+
+def export_onnx_mlp(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import TensorProto, helper
+
+    w1, b1 = model.get_layer("hidden").get_weights()
+    w2, b2 = model.get_layer("probs").get_weights()
+    nodes = [
+        helper.make_node("Gemm", ["input", "w1", "b1"], ["h_pre"]),
+        helper.make_node("Relu", ["h_pre"], ["h"]),
+        helper.make_node("Gemm", ["h", "w2", "b2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "edged_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])],
+        [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", b2)],
+    )
+    _save_onnx(onnx, helper, graph, path)
+
+
+def export_onnx_cnn(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import TensorProto, helper
+
+    k1, c1 = model.get_layer("conv1").get_weights()  # HWIO
+    k2, c2 = model.get_layer("conv2").get_weights()
+    w3, b3 = model.get_layer("dense").get_weights()
+    w4, b4 = model.get_layer("probs").get_weights()
+    oihw = (3, 2, 0, 1)
+    nodes = [
+        helper.make_node("Conv", ["input", "k1", "c1"], ["a1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "k2", "c2"], ["a2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        # Keras flattens in HWC order: go back to NHWC before Flatten so Dense weights match.
+        helper.make_node("Transpose", ["p"], ["p_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Flatten", ["p_nhwc"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["d_pre"]),
+        helper.make_node("Relu", ["d_pre"], ["d"]),
+        helper.make_node("Gemm", ["d", "w4", "b4"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "edged_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        [_init("k1", k1.transpose(oihw)), _init("c1", c1), _init("k2", k2.transpose(oihw)), _init("c2", c2),
+         _init("w3", w3), _init("b3", b3), _init("w4", w4), _init("b4", b4)],
+    )
+    _save_onnx(onnx, helper, graph, path)
+
+
+def _save_onnx(onnx, helper, graph, path: Path) -> None:  # type: ignore[no-untyped-def]
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edged-models-build")
+    m.ir_version = 8  # readable by onnxruntime >= 1.14 (Pi / Jetson wheels lag behind)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"]).copy()
+
+
+def metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> Dict[str, float]:
+    pred = probs.argmax(axis=1)
+    return {"accuracy": round(float(np.mean(pred == y)), 6), "macro_f1": round(macro_f1(y, pred, n_classes), 6)}
+
+
+def count_flops(model) -> Tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(parameters, FLOPs per input) with FLOPs = 2 x multiply-accumulates of Dense/Conv layers."""
+    params = int(model.count_params())
+    flops = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Dense":
+            w = layer.get_weights()[0]
+            flops += 2 * w.shape[0] * w.shape[1]
+        elif kind == "Conv2D":
+            kh, kw, cin, cout = layer.get_weights()[0].shape
+            _, oh, ow, _ = layer.output.shape
+            flops += 2 * kh * kw * cin * cout * oh * ow
+    return params, int(flops)
+
+
+def build(name: str, out_dir: Path) -> Dict[str, Any]:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(SEED)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # older TF
+        pass
+    d = mlp_data() if name == "mlp" else cnn_data()
+    model, prep = train_mlp(d) if name == "mlp" else train_cnn(d)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x_va = np.ascontiguousarray(d["x_va"], dtype=np.float32)
+    y_va = np.asarray(d["y_va"], dtype=np.int64)
+    n_classes = len(d["labels"])
+
+    tfl, onx, val = out_dir / "model.tflite", out_dir / "model.onnx", out_dir / "validation.npz"
+    export_tflite(model, tfl)
+    (export_onnx_mlp if name == "mlp" else export_onnx_cnn)(model, onx)
+    np.savez_compressed(val, x=x_va, y=y_va)
+
+    keras_p = model.predict(x_va, verbose=0)
+    onnx_in = x_va if name == "mlp" else np.ascontiguousarray(x_va.transpose(0, 3, 1, 2))
+    onnx_p = run_onnx(onx, onnx_in)
+    tfl_p = run_tflite(tfl, x_va)
+    delta = float(max(np.abs(onnx_p - keras_p).max(), np.abs(tfl_p - keras_p).max()))
+    if delta > 1e-4:
+        raise SystemExit(f"{name}: exported artifacts disagree with Keras by {delta:.2e} (> 1e-4)")
+    params, flops = count_flops(model)
+
+    layout = "NC" if name == "mlp" else "NHWC"
+    in_shape: List[Any] = [None, *[int(v) for v in x_va.shape[1:]]]
+    manifest: Dict[str, Any] = {
+        "format": "edged-model/1",
+        "name": name,
+        "description": (
+            "MLP for 1-D signals: Dense(32, relu) -> Dense(2, softmax); breast-cancer features"
+            if name == "mlp" else
+            "CNN for 8x8 grey images: Conv2D(16)->Conv2D(32)->MaxPool->Flatten->Dense(128, relu)->Dense(10, softmax)"
+        ),
+        "task": "classification",
+        "input": {"name": "input", "shape": in_shape, "dtype": "float32", "layout": layout},
+        "output": {"name": "probs", "shape": [None, n_classes], "dtype": "float32", "kind": "probabilities"},
+        "labels": d["labels"],
+        "preprocessing": prep,
+        "artifacts": {
+            "onnx": {"file": onx.name, "sha256": sha256_file(onx), "layout": "NC" if name == "mlp" else "NCHW",
+                     "opset": OPSET},
+            "litert": {"file": tfl.name, "sha256": sha256_file(tfl), "layout": layout},
+        },
+        "validation": {"file": val.name, "sha256": sha256_file(val), "count": int(len(y_va)),
+                       "split": f"stratified 25% hold-out, seed {SEED}"},
+        "parameters": params,
+        "flops": flops,
+        "metrics": {
+            "keras": metrics(keras_p, y_va, n_classes),
+            "onnx": metrics(onnx_p, y_va, n_classes),
+            "litert": metrics(tfl_p, y_va, n_classes),
+            "max_abs_output_delta": delta,
+        },
+        "dataset": d["dataset"],
+        "build": {"seed": SEED, "tensorflow": tf.__version__, "numpy": np.__version__, "script": "models/build.py"},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="*", metavar="MODEL", help="mlp and/or cnn (default: both)")
+    ap.add_argument("--out", type=Path, default=HERE, help="output root (default: models/)")
+    args = ap.parse_args(argv)
+    for name in args.models or ["mlp", "cnn"]:
+        if name not in ("mlp", "cnn"):
+            ap.error(f"unknown model {name!r}: expected mlp or cnn")
+        print(f"building {name} ...", file=sys.stderr, flush=True)
+        m = build(name, args.out / name)
+        print(f"{name}: params={m['parameters']} flops={m['flops']} metrics={json.dumps(m['metrics'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
