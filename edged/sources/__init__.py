@@ -2,8 +2,13 @@
 
 Each source yields validated :class:`~edged.sources.sample.Sample` objects and
 never raises out of its loop on bad input: rejections are counted per reason.
+The transport modules (``edged.sources.zmq``, ``.serial``, ``.replay``) are
+imported on demand so that importing this package stays cheap.
 """
 
+from edged.sources.framing import FrameError
+from edged.sources.queue import IngestQueue
 from edged.sources.sample import Sample
+from edged.sources.stats import SourceStats
 
-__all__ = ["Sample"]
+__all__ = ["FrameError", "IngestQueue", "Sample", "SourceStats"]

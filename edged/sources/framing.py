@@ -1,0 +1,306 @@
+"""Wire protocol v1 framing: COBS codec, CRC-32 frames, line splitting.
+
+Pure functions and small stateful deframers, no I/O, so every transport
+(serial, pty, socket, tests) shares exactly the same byte handling.
+
+COBS frame on the wire (see ``docs/protocol.md``)::
+
+    0x00 | COBS( header_len u16 LE | header JSON | payload | CRC-32 u32 LE ) | 0x00
+
+The CRC is ``zlib.crc32`` of everything before it in the decoded body.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+#: Smallest decoded COBS body: u16 header length + u32 CRC (bytes).
+MIN_BODY_BYTES = 6
+#: Default limit on one frame or line between delimiters (bytes).
+DEFAULT_MAX_FRAME_BYTES = 65536
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+class FrameError(Exception):
+    """A frame or line that cannot become an input.
+
+    ``reason`` is a short stable snake_case string (the counter key),
+    ``detail`` a human explanation for the log line.
+    """
+
+    def __init__(self, reason: str, detail: str = "", nbytes: int = 0) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        #: bytes of stream discarded with this error (oversize runs), else 0
+        self.nbytes = nbytes
+
+
+# --------------------------------------------------------------------------- COBS
+
+
+def cobs_encode(data: bytes) -> bytes:
+    """COBS-encode ``data`` (no delimiters added). Output never contains ``0x00``.
+
+    Byte-identical to the ``cobs`` package's ``cobs.cobs.encode``; works on
+    zero-separated runs with slicing rather than a per-byte loop.
+    """
+    out = bytearray()
+    chunks = bytes(data).split(b"\x00")
+    last = len(chunks) - 1
+    for i, chunk in enumerate(chunks):
+        start = 0
+        n = len(chunk)
+        emitted_full_block = False
+        while n - start >= 254:
+            out.append(0xFF)
+            out += chunk[start : start + 254]
+            start += 254
+            emitted_full_block = True
+        rest = n - start
+        if i < last or rest or not emitted_full_block:
+            out.append(rest + 1)
+            out += chunk[start:]
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Decode one COBS block sequence (no delimiters).
+
+    Raises :class:`FrameError` ``bad_cobs`` if a code byte is zero, a block
+    contains a zero byte, or a code points past the end of the data.
+    """
+    out = bytearray()
+    idx = 0
+    n = len(data)
+    while idx < n:
+        code = data[idx]
+        if code == 0:
+            raise FrameError("bad_cobs", f"zero code byte at offset {idx}")
+        end = idx + code
+        if end > n:
+            raise FrameError("bad_cobs", f"code 0x{code:02x} at offset {idx} runs {end - n} byte(s) past the end")
+        block = data[idx + 1 : end]
+        if b"\x00" in block:
+            raise FrameError("bad_cobs", f"zero byte inside block at offset {idx}")
+        out += block
+        idx = end
+        if code < 0xFF and idx < n:
+            out.append(0)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- CRC frames
+
+
+def build_body(header: Dict[str, Any], payload: bytes = b"") -> bytes:
+    """Decoded frame body: ``header_len u16 LE | header JSON | payload | CRC-32 u32 LE``."""
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(head) > 0xFFFF:
+        raise ValueError(f"header is {len(head)} bytes; the limit is 65535")
+    body = _U16.pack(len(head)) + head + bytes(payload)
+    return body + _U32.pack(zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def build_cobs_frame(header: Dict[str, Any], payload: bytes = b"") -> bytes:
+    """A complete wire frame: ``0x00 | COBS(body) | 0x00`` (bytes)."""
+    return b"\x00" + cobs_encode(build_body(header, payload)) + b"\x00"
+
+
+def parse_body(body: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """Split a decoded body into ``(header dict, payload bytes)``.
+
+    Checks, in order: length (``truncated``), CRC (``bad_crc``), header JSON
+    (``bad_header``). Raises :class:`FrameError`.
+    """
+    n = len(body)
+    if n < MIN_BODY_BYTES:
+        raise FrameError("truncated", f"decoded frame is {n} bytes; at least {MIN_BODY_BYTES} needed")
+    (head_len,) = _U16.unpack_from(body, 0)
+    if 2 + head_len + 4 > n:
+        raise FrameError("truncated", f"header_len {head_len} needs {2 + head_len + 4} bytes, frame has {n}")
+    (crc,) = _U32.unpack_from(body, n - 4)
+    actual = zlib.crc32(memoryview(body)[: n - 4]) & 0xFFFFFFFF
+    if crc != actual:
+        raise FrameError("bad_crc", f"frame CRC 0x{crc:08x}, computed 0x{actual:08x} over {n - 4} bytes")
+    header = parse_header_json(body[2 : 2 + head_len])
+    return header, body[2 + head_len : n - 4]
+
+
+def parse_header_json(raw: bytes) -> Dict[str, Any]:
+    """Parse a UTF-8 JSON object header; ``bad_header`` if it is not one."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError("bad_header", f"header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
+# --------------------------------------------------------------------------- stream deframers
+
+
+class CobsDeframer:
+    """Splits a byte stream on ``0x00`` into COBS segments, with a size limit.
+
+    ``feed(chunk)`` yields ``(segment, error)`` pairs: ``error`` is None for a
+    segment to decode, or a :class:`FrameError` ``oversize`` (with ``nbytes``
+    discarded) for a run longer than ``max_frame_bytes``: such a run is dropped
+    until the next delimiter without being buffered, and ``segment`` is ``b""``.
+    Empty segments (consecutive delimiters) are skipped.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._skipping = False  # inside an oversize run: drop until the next delimiter
+        self._skipped = 0
+
+    def reset(self) -> int:
+        """Forget any partial frame (e.g. after a reconnect); returns bytes discarded."""
+        dropped = len(self._buf) + self._skipped
+        self._buf.clear()
+        self._skipping = False
+        self._skipped = 0
+        return dropped
+
+    def feed(self, chunk: bytes) -> Iterator[Tuple[bytes, Optional[FrameError]]]:
+        """Consume ``chunk``; yield complete segments (see class doc)."""
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while True:
+            end = buf.find(0, start)
+            if end < 0:
+                break
+            if self._skipping:
+                skipped = self._skipped + (end - start)
+                self._skipping = False
+                self._skipped = 0
+                yield b"", FrameError(
+                    "oversize", f"{skipped} bytes without a delimiter; limit {self.max_frame_bytes}", skipped
+                )
+            elif end > start:
+                if end - start > self.max_frame_bytes:
+                    yield b"", FrameError(
+                        "oversize", f"{end - start} bytes between delimiters; limit {self.max_frame_bytes}", end - start
+                    )
+                else:
+                    yield bytes(buf[start:end]), None
+            start = end + 1
+        del buf[:start]
+        if len(buf) > self.max_frame_bytes:
+            self._skipping = True
+            self._skipped += len(buf)
+            buf.clear()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held waiting for a delimiter."""
+        return len(self._buf)
+
+
+class LineDeframer:
+    """Splits a byte stream into lines on ``\\n`` (a trailing ``\\r`` is stripped).
+
+    Same contract as :class:`CobsDeframer`: yields ``(line, None)`` or
+    ``(b"", FrameError("oversize"))`` for a line longer than ``max_frame_bytes``.
+    Blank lines are skipped.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._skipping = False
+        self._skipped = 0
+
+    def reset(self) -> int:
+        """Forget any partial line; returns bytes discarded."""
+        dropped = len(self._buf) + self._skipped
+        self._buf.clear()
+        self._skipping = False
+        self._skipped = 0
+        return dropped
+
+    def feed(self, chunk: bytes) -> Iterator[Tuple[bytes, Optional[FrameError]]]:
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            if self._skipping:
+                skipped = self._skipped + (end - start)
+                self._skipping = False
+                self._skipped = 0
+                yield b"", FrameError("oversize", f"line of {skipped} bytes; limit {self.max_frame_bytes}", skipped)
+            else:
+                line = bytes(buf[start:end]).rstrip(b"\r")
+                if len(line) > self.max_frame_bytes:
+                    yield b"", FrameError(
+                        "oversize", f"line of {len(line)} bytes; limit {self.max_frame_bytes}", len(line)
+                    )
+                elif line.strip():
+                    yield line, None
+            start = end + 1
+        del buf[:start]
+        if len(buf) > self.max_frame_bytes:
+            self._skipping = True
+            self._skipped += len(buf)
+            buf.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+# --------------------------------------------------------------------------- lines
+
+
+def parse_line(line: bytes) -> Tuple[Optional[str], List[float]]:
+    """Parse ``[name:] v1, v2 ...`` into ``(model name or None, values)``.
+
+    Numbers are separated by commas and/or whitespace. ``nan``/``inf`` parse
+    (validation rejects them as ``non_finite``). Raises ``unparsable``.
+    """
+    model: Optional[str] = None
+    colon = line.find(b":")
+    if colon >= 0:
+        name = line[:colon].strip()
+        try:
+            model = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError("unparsable", f"model prefix is not ASCII: {name[:40]!r}") from None
+        if not model:
+            raise FrameError("unparsable", "empty model prefix before ':'")
+        line = line[colon + 1 :]
+    tokens = line.replace(b",", b" ").split()
+    if not tokens:
+        raise FrameError("unparsable", "no values on the line")
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        bad = next((t for t in tokens if not _is_float(t)), b"")
+        raise FrameError("unparsable", f"not a number: {bad[:40]!r}") from None
+    return model, values
+
+
+def _is_float(token: bytes) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def format_line(values: Any, model: Optional[str] = None, precision: int = 7) -> bytes:
+    """One ``lines``-framed input: ``[model:]v1,v2,...\\n`` (``precision`` significant digits)."""
+    body = ",".join(f"{float(v):.{precision}g}" for v in values)
+    return ((f"{model}:" if model else "") + body + "\n").encode("ascii")

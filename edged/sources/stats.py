@@ -1,0 +1,153 @@
+"""Per-source accounting: accepted, rejected by reason, lost in transit.
+
+Counters are updated by the source's own thread and read by anyone through
+:meth:`SourceStats.snapshot`, which returns a JSON-ready copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+
+log = logging.getLogger("edged.sources")
+
+#: Minimum interval between two log lines for the same (source, reason) (s).
+REJECT_LOG_INTERVAL_S = 10.0
+
+
+class SourceStats:
+    """Counters for one source.
+
+    Attributes:
+        accepted: inputs validated and handed to the sink.
+        rejected: inputs/frames refused, keyed by reason (``bad_crc``, ``wrong_size`` ...).
+        lost_in_transit: inputs missing according to the senders' ``seq`` gaps.
+        seq_restarts: times a sender's ``seq`` went backwards (sender restarted).
+        garbage_bytes: stream bytes that did not belong to a valid frame (serial).
+        reconnects: times the transport came back after an outage.
+        not_accepted_downstream: valid inputs the sink refused (queue full/closed).
+    """
+
+    def __init__(self, name: str, log_interval_s: float = REJECT_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.accepted = 0
+        self.rejected: Dict[str, int] = {}
+        self.lost_in_transit = 0
+        self.seq_restarts = 0
+        self.garbage_bytes = 0
+        self.reconnects = 0
+        self.not_accepted_downstream = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+        self._last_seq: Dict[Hashable, int] = {}
+        self._log_interval_s = log_interval_s
+        self._clock = clock
+        self._last_log: Dict[str, float] = {}
+        self._suppressed: Dict[str, int] = {}
+
+    # ---- updates (source thread)
+
+    def count_accepted(self) -> None:
+        with self._lock:
+            self.accepted += 1
+
+    def count_rejected(self, reason: str, detail: str = "", garbage_bytes: int = 0) -> None:
+        """Count one rejection and log it, at most once per reason per ``log_interval_s``."""
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.garbage_bytes += garbage_bytes
+            now = self._clock()
+            last = self._last_log.get(reason)
+            if last is not None and now - last < self._log_interval_s:
+                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+                return
+            self._last_log[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+        more = f" (+{suppressed} more since last report)" if suppressed else ""
+        log.warning("source %s rejected input: %s: %s%s", self.name, reason, detail or "-", more)
+
+    def count_garbage(self, nbytes: int) -> None:
+        with self._lock:
+            self.garbage_bytes += nbytes
+
+    def count_reconnect(self) -> None:
+        with self._lock:
+            self.reconnects += 1
+
+    def count_downstream_refusal(self) -> None:
+        with self._lock:
+            self.not_accepted_downstream += 1
+
+    def count_error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def track_seq(self, sender: Hashable, seq: int) -> int:
+        """Record ``seq`` from ``sender`` (e.g. ``(peer, model)``); return how many were skipped.
+
+        A gap ``seq > last + 1`` adds ``seq - last - 1`` to ``lost_in_transit``; a
+        ``seq`` at or below the last one is a sender restart (tracking resets).
+        """
+        with self._lock:
+            last = self._last_seq.get(sender)
+            self._last_seq[sender] = seq
+            if last is None:
+                return 0
+            if seq > last + 1:
+                gap = seq - last - 1
+                self.lost_in_transit += gap
+                return gap
+            if seq <= last:
+                self.seq_restarts += 1
+            return 0
+
+    # ---- reads (any thread)
+
+    @property
+    def rejected_total(self) -> int:
+        with self._lock:
+            return sum(self.rejected.values())
+
+    def snapshot(self) -> Dict[str, Any]:
+        """JSON-ready copy of every counter."""
+        with self._lock:
+            return {
+                "source": self.name,
+                "accepted": self.accepted,
+                "rejected": dict(sorted(self.rejected.items())),
+                "rejected_total": sum(self.rejected.values()),
+                "lost_in_transit": self.lost_in_transit,
+                "seq_restarts": self.seq_restarts,
+                "garbage_bytes": self.garbage_bytes,
+                "reconnects": self.reconnects,
+                "not_accepted_downstream": self.not_accepted_downstream,
+                "errors": self.errors,
+            }
+
+
+class OutageLog:
+    """Logs a transport outage once when it starts and once when it ends."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down_since: Optional[float] = None
+        self.attempts = 0
+
+    def down(self, what: str, exc: BaseException) -> None:
+        self.attempts += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("source %s: %s failed (%s); retrying with backoff", self.name, what, exc)
+
+    def up(self) -> Tuple[bool, float]:
+        """Mark the transport up; returns (was_down, outage seconds)."""
+        if self.down_since is None:
+            return False, 0.0
+        outage = time.monotonic() - self.down_since
+        log.warning("source %s: back after %.1f s (%d attempts)", self.name, outage, self.attempts)
+        self.down_since = None
+        self.attempts = 0
+        return True, outage

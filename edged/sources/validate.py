@@ -1,0 +1,189 @@
+"""Turn wire data into a validated :class:`Sample`, or a rejection reason.
+
+Validation is the same for every transport: model known, element count
+matches the model's input, dtype matches, all values finite. Failures raise
+:class:`~edged.sources.framing.FrameError` with a stable reason string:
+``unknown_model``, ``wrong_size``, ``dtype_mismatch``, ``non_finite``,
+``bad_header``, ``unparsable``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from edged.runtime.base import TensorSpec
+from edged.sources.framing import FrameError
+from edged.sources.sample import Sample
+
+#: Header keys edged interprets; everything else goes to ``Sample.meta``.
+KNOWN_HEADER_KEYS = frozenset({"model", "seq", "ts", "dtype", "shape", "deadline_ms", "sender"})
+
+_Shape = Tuple[int, ...]
+
+
+def known_model(specs: Mapping[str, TensorSpec], model: Any) -> TensorSpec:
+    """Return the spec of ``model`` or raise ``unknown_model`` / ``bad_header``."""
+    if not isinstance(model, str) or not model:
+        raise FrameError("bad_header", f"'model' must be a non-empty string, got {model!r}")
+    spec = specs.get(model)
+    if spec is None:
+        raise FrameError("unknown_model", f"model {model!r} is not one of {sorted(specs)}")
+    return spec
+
+
+def resolve_shape(spec: TensorSpec, n_elements: int, model: str) -> _Shape:
+    """Concrete sample shape for ``n_elements`` values (one dynamic dim may absorb the rest)."""
+    dims = spec.sample_shape
+    fixed = 1
+    dynamic = [i for i, d in enumerate(dims) if not d]
+    for d in dims:
+        fixed *= d if d else 1
+    if not dynamic:
+        if n_elements != fixed:
+            raise FrameError("wrong_size", f"model {model!r} takes {fixed} values {tuple(dims)}, got {n_elements}")
+        return tuple(int(d) for d in dims if d)
+    if len(dynamic) > 1 or fixed == 0 or n_elements % fixed or n_elements == 0:
+        raise FrameError("wrong_size", f"model {model!r} input {tuple(dims)} cannot hold {n_elements} values")
+    return tuple(int(d) if d else n_elements // fixed for d in dims)
+
+
+def _header_shape(spec: TensorSpec, raw: Any, model: str) -> _Shape:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in raw):
+        raise FrameError("bad_header", f"'shape' must be a list of positive ints, got {raw!r}")
+    dims = spec.sample_shape
+    if len(raw) != len(dims) or any(d and d != r for d, r in zip(dims, raw)):
+        raise FrameError("wrong_size", f"model {model!r} takes shape {tuple(dims)}, header says {tuple(raw)}")
+    return tuple(raw)
+
+
+def _optional_number(header: Mapping[str, Any], key: str) -> Optional[float]:
+    value = header.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FrameError("bad_header", f"'{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def header_seq(header: Mapping[str, Any]) -> Optional[int]:
+    """The sender's ``seq`` (non-negative int) or None if absent; ``bad_header`` otherwise."""
+    seq = header.get("seq")
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise FrameError("bad_header", f"'seq' must be a non-negative int, got {seq!r}")
+    return seq
+
+
+def _check_finite(arr: np.ndarray, model: str) -> None:
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise FrameError("non_finite", f"model {model!r} input has {bad} NaN/inf value(s)")
+
+
+def sample_from_payload(
+    specs: Mapping[str, TensorSpec],
+    header: Mapping[str, Any],
+    payload: bytes,
+    source: str,
+    seq: int,
+    t_arrival: Optional[float] = None,
+) -> Sample:
+    """Validate a binary input (ZeroMQ two-frame or COBS frame) into a Sample.
+
+    ``payload`` is the raw little-endian C-order array; ``header`` the parsed
+    JSON header; ``seq`` the sequence number to use (the header's, or a
+    source-local counter when the sender sent none).
+    """
+    model = header.get("model")
+    spec = known_model(specs, model)
+    assert isinstance(model, str)
+    dtype_name = header.get("dtype", spec.dtype)
+    if not isinstance(dtype_name, str):
+        raise FrameError("bad_header", f"'dtype' must be a string, got {dtype_name!r}")
+    if dtype_name != spec.dtype:
+        raise FrameError("dtype_mismatch", f"model {model!r} takes {spec.dtype}, header says {dtype_name!r}")
+    wire = np.dtype(spec.dtype).newbyteorder("<")
+    if len(payload) % wire.itemsize:
+        raise FrameError("wrong_size", f"payload of {len(payload)} bytes is not a whole number of {spec.dtype}")
+    n = len(payload) // wire.itemsize
+    if "shape" in header:
+        shape = _header_shape(spec, header["shape"], model)
+        if int(np.prod(shape)) != n:
+            raise FrameError("wrong_size", f"header shape {shape} needs {int(np.prod(shape))} values, payload has {n}")
+    else:
+        shape = resolve_shape(spec, n, model)
+    arr = np.frombuffer(payload, dtype=wire).reshape(shape).astype(spec.dtype, copy=True)
+    _check_finite(arr, model)
+    sender_ts = _optional_number(header, "ts")
+    deadline = _optional_number(header, "deadline_ms")
+    meta = {k: v for k, v in header.items() if k not in KNOWN_HEADER_KEYS}
+    if "sender" in header:
+        meta["sender"] = header["sender"]
+    return Sample(
+        model=model,
+        seq=seq,
+        array=arr,
+        source=source,
+        t_arrival=time.monotonic() if t_arrival is None else t_arrival,
+        sender_ts=sender_ts,
+        deadline_ms=deadline,
+        meta=meta,
+    )
+
+
+def array_from_values(spec: TensorSpec, model: str, values: Any) -> np.ndarray:
+    """Validate numbers (list, nested list or array) into the model's sample shape and dtype."""
+    try:
+        raw = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise FrameError("unparsable", f"values for model {model!r} are not numbers: {exc}") from None
+    shape = resolve_shape(spec, int(raw.size), model)
+    raw = raw.reshape(shape)
+    _check_finite(raw, model)
+    target = np.dtype(spec.dtype)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if not np.array_equal(raw, np.round(raw)) or raw.min() < info.min or raw.max() > info.max:
+            raise FrameError("dtype_mismatch", f"model {model!r} takes {spec.dtype}; values are not all in range ints")
+        return raw.astype(target)
+    if target.kind == "b":
+        return raw.astype(target)
+    arr = raw.astype(target)
+    if target != raw.dtype:
+        _check_finite(arr, model)  # e.g. 1e39 overflows float32 to inf
+    return arr
+
+
+def sample_from_values(
+    specs: Mapping[str, TensorSpec],
+    model: Any,
+    values: Any,
+    source: str,
+    seq: int,
+    header: Optional[Mapping[str, Any]] = None,
+    t_arrival: Optional[float] = None,
+) -> Sample:
+    """Validate a text input (``lines`` framing, JSON ``data``, replay rows) into a Sample."""
+    spec = known_model(specs, model)
+    assert isinstance(model, str)
+    arr = array_from_values(spec, model, values)
+    header = header or {}
+    meta: Dict[str, Any] = {k: v for k, v in header.items() if k not in KNOWN_HEADER_KEYS and k != "data"}
+    if "sender" in header:
+        meta["sender"] = header["sender"]
+    return Sample(
+        model=model,
+        seq=seq,
+        array=arr,
+        source=source,
+        t_arrival=time.monotonic() if t_arrival is None else t_arrival,
+        sender_ts=_optional_number(header, "ts"),
+        deadline_ms=_optional_number(header, "deadline_ms"),
+        meta=meta,
+    )
+

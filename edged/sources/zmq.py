@@ -1,0 +1,167 @@
+"""ZeroMQ source: a PULL socket receiving wire protocol v1 messages.
+
+Two message forms (see ``docs/protocol.md``):
+
+* two frames ``[header JSON, payload]``: payload is the raw little-endian
+  C-order array;
+* one frame ``{"model": "mlp", "data": [...]}`` (JSON) for simple clients.
+
+With a blocking sink (queue policy ``block``) ``run`` stops reading while the
+queue is full; ZeroMQ then queues up to ``rcvhwm`` messages per peer and
+pushes back on the senders (their ``send`` blocks or fails with EAGAIN).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, List, Mapping, Optional
+
+import zmq
+
+from edged.runtime.base import TensorSpec
+from edged.sources.base import Sink, Source
+from edged.sources.framing import FrameError, parse_header_json
+from edged.sources.sample import Sample
+from edged.sources.validate import header_seq, sample_from_payload, sample_from_values
+
+log = logging.getLogger("edged.sources.zmq")
+
+#: Default per-message size limit (bytes); larger frames make libzmq drop the peer.
+DEFAULT_MAX_MSG_BYTES = 4 * 1024 * 1024
+#: Poll interval (ms): how quickly ``run`` notices ``stop``.
+POLL_MS = 100
+#: Messages drained per poll wake-up before checking ``stop`` again.
+DRAIN_BATCH = 256
+
+
+class ZmqSource(Source):
+    """PULL socket source.
+
+    Args:
+        specs: model name -> input spec (canonical layout).
+        endpoint: ZeroMQ endpoint; ``tcp://*:5555`` binds all interfaces.
+        bind: bind (default) or connect to ``endpoint``.
+        rcvhwm: receive high-water mark (messages per peer) — the backpressure buffer.
+        max_msg_bytes: ``ZMQ_MAXMSGSIZE`` (bytes per frame; a peer sending more is
+            disconnected by libzmq) and the limit on a whole message (``oversize``).
+        name: source name in stats and logs.
+        context: ZeroMQ context to use (default: the process-wide instance).
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, TensorSpec],
+        endpoint: str = "tcp://*:5555",
+        bind: bool = True,
+        rcvhwm: int = 1000,
+        max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+        name: str = "zmq",
+        context: Optional[zmq.Context] = None,
+    ) -> None:
+        super().__init__(specs, name)
+        self.endpoint = endpoint
+        self.bind = bind
+        self.rcvhwm = rcvhwm
+        self.max_msg_bytes = max_msg_bytes
+        self.context = context
+        self.bound_endpoint: Optional[str] = None
+        self.ready = threading.Event()
+
+    def open_socket(self) -> zmq.Socket:
+        """Create, configure and bind/connect the PULL socket (also sets ``bound_endpoint``)."""
+        ctx = self.context or zmq.Context.instance()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg_bytes)
+        try:
+            if self.bind:
+                sock.bind(self.endpoint)
+                self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                sock.connect(self.endpoint)
+                self.bound_endpoint = self.endpoint
+        except zmq.ZMQError:
+            sock.close(0)
+            raise
+        return sock
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        """Receive until ``stop`` is set. A bind failure is logged and retried every second."""
+        sock: Optional[zmq.Socket] = None
+        while sock is None and not stop.is_set():
+            try:
+                sock = self.open_socket()
+            except zmq.ZMQError as exc:
+                self.stats.count_error()
+                log.error("source %s: cannot %s %s: %s; retrying", self.name,
+                          "bind" if self.bind else "connect", self.endpoint, exc)
+                stop.wait(1.0)
+        if sock is None:
+            return
+        self.ready.set()
+        log.info("source %s: PULL %s %s", self.name, "bound to" if self.bind else "connected to", self.bound_endpoint)
+        try:
+            while not stop.is_set():
+                try:
+                    if not sock.poll(POLL_MS):
+                        continue
+                    for _ in range(DRAIN_BATCH):
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        self.handle_message(frames, sink)
+                        if stop.is_set():
+                            break
+                except zmq.Again:
+                    continue
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.ETERM:
+                        return
+                    self.stats.count_error()
+                    log.error("source %s: receive failed: %s", self.name, exc)
+                    stop.wait(0.1)
+                except Exception:
+                    self.stats.count_error()
+                    log.exception("source %s: unexpected error handling a message", self.name)
+        finally:
+            sock.close(0)
+            self.ready.clear()
+
+    def handle_message(self, frames: List[bytes], sink: Sink) -> bool:
+        """Validate one received message and deliver it; False if rejected or refused downstream."""
+        try:
+            sample = self.parse_message(frames)
+        except FrameError as err:
+            self.stats.count_rejected(err.reason, err.detail)
+            return False
+        return self.deliver(sample, sink)
+
+    def parse_message(self, frames: List[bytes]) -> Sample:
+        """One message -> Sample, or :class:`FrameError` with the rejection reason."""
+        size = sum(len(f) for f in frames)
+        if size > self.max_msg_bytes:
+            raise FrameError("oversize", f"message of {size} bytes; limit {self.max_msg_bytes}")
+        if len(frames) == 2:
+            header = parse_header_json(frames[0])
+            seq = self._seq(header)
+            return sample_from_payload(self.specs, header, frames[1], self.name, seq)
+        if len(frames) == 1:
+            try:
+                msg: Any = json.loads(frames[0])
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FrameError("unparsable", f"one-frame message is not JSON: {exc}") from None
+            if not isinstance(msg, dict) or "data" not in msg:
+                raise FrameError("bad_header", "one-frame message must be a JSON object with 'model' and 'data'")
+            seq = self._seq(msg)
+            return sample_from_values(self.specs, msg.get("model"), msg["data"], self.name, seq, header=msg)
+        raise FrameError("bad_header", f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header, payload)")
+
+    def _seq(self, header: Mapping[str, Any]) -> int:
+        model = header.get("model")
+        seq = header_seq(header)
+        if seq is None:
+            return self.next_local_seq(str(model))
+        if isinstance(model, str) and model in self.specs:
+            self.stats.track_seq((str(header.get("sender", "")), model), seq)
+        return seq
