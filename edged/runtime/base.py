@@ -96,7 +96,7 @@ class Backend(abc.ABC):
         """Version string of the underlying runtime library."""
         return "unknown"
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:

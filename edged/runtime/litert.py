@@ -33,17 +33,15 @@ INSTALL_HINT = (
 def find_interpreter() -> Tuple[Callable[..., Any], str, str]:
     """Return (Interpreter class, implementation name, version); raise MissingDependencyError if none."""
     try:
-        from ai_edge_litert import interpreter as mod
-
         import ai_edge_litert
+        from ai_edge_litert import interpreter as mod
 
         return mod.Interpreter, "ai-edge-litert", str(getattr(ai_edge_litert, "__version__", "unknown"))
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as mod2
-
         import tflite_runtime
+        from tflite_runtime import interpreter as mod2
 
         return mod2.Interpreter, "tflite-runtime", str(getattr(tflite_runtime, "__version__", "unknown"))
     except ImportError:
