@@ -1,0 +1,74 @@
+"""edged profile: the real CLI in a subprocess, the stored per-device table, user models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from edged.profile import device_fingerprint, fingerprint_id, load_profile, store_results
+
+from .conftest import MODELS, run_edged
+
+
+def test_profile_cli_stores_and_shows_table(tmp_path):
+    state = tmp_path / "state"
+    p = run_edged(["profile", "--state-dir", str(state), "--repeats", "2", "--warmup", "3", "--json",
+                   "--backend", "onnx"], check=True)
+    data = json.loads(p.stdout)
+    assert "warm-up 3 runs" in p.stderr and "pass 2/2" in p.stderr  # progress goes to stderr
+    rows = {(r["model"], r["backend"]): r for r in data["results"]}
+    assert set(rows) == {("mlp", "onnx"), ("cnn", "onnx")}
+    for (model, _), r in rows.items():
+        assert r["runs"] == 2 * r["n_inputs"] and r["warmup"] == 3
+        assert r["wcet_us"] >= r["p99_us"] >= r["p95_us"] >= r["p50_us"] > 0
+        assert r["load_ms"] > 0 and r["stdev_us"] >= 0 and r["peak_rss_increase_kb"] >= 0
+        manifest = json.loads((MODELS / model / "manifest.json").read_text())
+        assert abs(r["accuracy"] - manifest["metrics"]["onnx"]["accuracy"]) < 1e-6
+        assert 0 < r["macro_f1"] <= 1
+    stored = json.loads((state / "profile.json").read_text())
+    (dev,) = stored["devices"].values()
+    assert set(dev["entries"]) == {"mlp/onnx/1", "cnn/onnx/1"}
+    assert dev["fingerprint"]["cores"] >= 1 and "onnxruntime" in dev["fingerprint"]["runtimes"]
+
+    show = run_edged(["profile", "--show", "--state-dir", str(state)], check=True)
+    assert "WCET us" in show.stdout and "mlp" in show.stdout and "cnn" in show.stdout
+
+
+def test_profile_show_without_profile_says_what_to_do(tmp_path):
+    p = run_edged(["profile", "--show", "--state-dir", str(tmp_path)])
+    assert p.returncode == 1 and "run 'edged profile' first" in p.stderr
+
+
+def test_profile_unknown_model_is_a_clear_error(tmp_path):
+    p = run_edged(["profile", "--model", "nope", "--state-dir", str(tmp_path)])
+    assert p.returncode == 1 and "unknown model 'nope'" in p.stderr
+
+
+def test_user_model_without_validation_set_is_profiled(tmp_path):
+    d = tmp_path / "user" / "mine"
+    d.mkdir(parents=True)
+    blob = (MODELS / "mlp" / "model.onnx").read_bytes()
+    (d / "model.onnx").write_bytes(blob)
+    (d / "manifest.toml").write_text(
+        '[input]\nshape = [-1, 30]\ndtype = "float32"\nlayout = "NC"\n'
+        f'[artifacts.onnx]\nfile = "model.onnx"\nsha256 = "{hashlib.sha256(blob).hexdigest()}"\n'
+    )
+    p = run_edged(["profile", "--models-dir", str(tmp_path / "user"), "--model", "mine", "--repeats", "1",
+                   "--state-dir", str(tmp_path / "s"), "--json"], check=True)
+    (r,) = json.loads(p.stdout)["results"]
+    assert r["model"] == "mine" and r["runs"] == 256 and r["accuracy"] is None
+    assert "synthetic" in r["inputs"]
+
+
+def test_store_merges_and_keys_by_fingerprint(tmp_path):
+    fp = device_fingerprint()
+    row = {"model": "m", "backend": "onnx", "threads": 2, "wcet_us": 10.0, "p50_us": 5.0, "model_hash": "h"}
+    store_results([row], tmp_path, fp)
+    store_results([dict(row, backend="litert", wcet_us=7.0)], tmp_path, fp)
+    other = dict(fp, board="Raspberry Pi 4 Model B Rev 1.4")
+    store_results([dict(row, wcet_us=99.0)], tmp_path, other)
+    prof = load_profile(tmp_path, fp)
+    assert prof is not None and prof.id == fingerprint_id(fp)
+    assert prof.wcet_us("m", "onnx", 2) == 10.0 and prof.wcet_us("m", "litert", 2) == 7.0
+    assert prof.wcet_us("m", "onnx", 1) is None and prof.is_current("m", "onnx", 2, "h")
+    assert load_profile(tmp_path, other).wcet_us("m", "onnx", 2) == 99.0
