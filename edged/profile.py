@@ -166,7 +166,7 @@ def percentile(sorted_us: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(sorted_us), q))
 
 
-def validation_inputs(entry: ModelEntry) -> "tuple[np.ndarray, Optional[np.ndarray], str]":
+def validation_inputs(entry: ModelEntry) -> tuple[np.ndarray, Optional[np.ndarray], str]:
     """Inputs to measure on: the model's validation set, or seeded synthetic inputs if it has none."""
     try:
         x, y = entry.load_validation()
@@ -326,7 +326,8 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     for r in sorted(rows, key=lambda r: (r["model"], r["backend"], r["threads"])):
         rss = r.get("peak_rss_increase_kb")
         lines.append(
-            f"{r['model']:<8} {r['backend']:<7} {r['threads']:>3} {_fmt(r['load_ms'], 1):>8} {_fmt(r['wcet_us'], 1):>9} "
+            f"{r['model']:<8} {r['backend']:<7} {r['threads']:>3} {_fmt(r['load_ms'], 1):>8} "
+            f"{_fmt(r['wcet_us'], 1):>9} "
             f"{_fmt(r['p50_us'], 1):>8} {_fmt(r['p95_us'], 1):>8} {_fmt(r['p99_us'], 1):>8} {_fmt(r['mean_us'], 1):>8} "
             f"{_fmt(r['stdev_us'], 1):>7} {_fmt(rss / 1024 if rss is not None else None, 1):>8} "
             f"{_fmt(r.get('accuracy'), 3):>6} {_fmt(r.get('macro_f1'), 3):>6}"

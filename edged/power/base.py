@@ -94,6 +94,10 @@ class PowerSource(abc.ABC):
         """Raise :class:`edged.errors.MissingDependencyError` naming the pip extra if a library is missing."""
         return None
 
+    def require_dependencies(self) -> None:
+        """Like :meth:`check_dependencies`, for this instance (an injected client needs no library)."""
+        self.check_dependencies()
+
     @property
     def min_interval_s(self) -> float:
         """The shortest sane sampling interval in s (sensor conversion time, service refresh period)."""
@@ -174,11 +178,12 @@ def make_power_source(kind: str = "auto", **options: Any) -> PowerSource:
     """
     if kind != "auto":
         cls = power_source_class(kind)
-        cls.check_dependencies()
         try:
-            return cls(**options)
+            source = cls(**options)
         except TypeError as exc:
             raise ConfigError(f"power source {kind!r}: bad options {sorted(options)}: {exc}") from exc
+        source.require_dependencies()
+        return source
     unknown = [k for k in options if k not in _REGISTRY]
     if unknown:
         raise ConfigError(f"power source 'auto' takes per-kind option tables {list(AUTO_ORDER)}, got {unknown}")
@@ -186,9 +191,8 @@ def make_power_source(kind: str = "auto", **options: Any) -> PowerSource:
     for candidate in AUTO_ORDER:
         opts = options.get(candidate) or {}
         try:
-            cls = power_source_class(candidate)
-            cls.check_dependencies()
-            source = cls(**opts)
+            source = power_source_class(candidate)(**opts)
+            source.require_dependencies()
             source.open()
             try:
                 source.read()

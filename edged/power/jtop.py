@@ -150,6 +150,10 @@ class JtopSource(PowerSource):
         except ImportError as exc:
             raise MissingDependencyError(f"{PIP_HINT} ({exc})") from exc
 
+    def require_dependencies(self) -> None:
+        if self._factory is None:
+            self.check_dependencies()
+
     @property
     def min_interval_s(self) -> float:
         return self.interval
