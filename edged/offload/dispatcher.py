@@ -1,0 +1,494 @@
+"""The dispatch engine: decide per input, run locally or on the fog, fall back, write one record each.
+
+Threads:
+
+* the caller (the daemon's router thread) calls :meth:`Dispatcher.submit`: the decision is
+  made there, offloads are handed to the fog back end, local work goes to a bounded queue
+  (``submit`` blocks while it is full: backpressure, never a drop);
+* ``local_workers`` threads run local inputs, fallbacks first;
+* the fog back end's I/O thread resolves offload futures; a failure re-queues the input
+  locally as a ``fallback`` (fallbacks bypass the bound, so that thread never blocks);
+* one probe thread keeps the link estimates fresh (a small and a padded ping when no
+  round trip is recent) and, while the circuit breaker holds the fog down, sends the
+  probes that bring it back.
+
+Invariant: every submitted input ends as exactly one record passed to ``sink`` (result,
+or an explicit error). A job is marked recorded under a lock before its record is
+emitted, so a late fog reply, a fallback and a shutdown can never produce two.
+
+The decision inputs are rounded (0.1 µs) *before* ``decide`` runs and stored in the
+record, so ``decide(record["policy"], inputs_from_record(record))`` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from edged.errors import ConfigError
+from edged.offload.estimator import LinkEstimator, LocalEstimator
+from edged.offload.fog_client import CircuitBreaker, FogBackend, FogError, FogFailure, FogRefused, FogReply
+from edged.offload.policy import Decision, DecisionInputs, check_policy, decide
+
+log = logging.getLogger("edged.dispatch")
+
+#: bytes the request header adds to a payload (JSON: id, model, hash, dtype, shape, ...)
+HEADER_OVERHEAD_BYTES = 200
+#: assumed reply size (bytes) for a model until a reply has been seen
+DEFAULT_REPLY_BYTES = 300
+DECISIONS = ("local", "offload", "fallback", "rejected")
+
+
+def _r(x: Optional[float], nd: int = 1) -> Optional[float]:
+    return None if x is None else round(float(x), nd)
+
+
+@dataclass
+class _Job:
+    sample: Any
+    policy: str
+    ts: float
+    inputs: Optional[DecisionInputs] = None
+    decision: Optional[Decision] = None
+    recorded: bool = False
+    fog_error: Optional[str] = None
+    est_us: float = 0.0
+    radio_token: Any = None
+    t_sent: float = 0.0
+    key: int = 0
+
+
+class Dispatcher:
+    """Decides, runs and records every input. See the module docstring for the threads.
+
+    Args:
+        models: loaded models by name (``LoadedModel``: ``predict(x)``, ``entry.model_hash``).
+        policies: policy per model name (``"*"`` = default for the others; default ``threshold``).
+        sink: called with one JSON-ready dict per input (serialised: never concurrently).
+        fog: fog back end, or ``None`` for local only.
+        link: link/fog estimator (a fresh :class:`LinkEstimator` if ``None``).
+        wcet_us: profile WCET per model (µs).
+        objective: ``"latency"`` or ``"energy"`` (used by ``adaptive``).
+        local_workers: threads running local inputs.
+        max_local_queue: local inputs waiting beyond which ``submit`` blocks.
+        fog_timeout_s: per-request fog timeout (s); on expiry the input falls back locally.
+        energy_fn: ``(t0, t1) -> mJ`` over a monotonic window, or ``None``.
+        activity: object with ``begin(kind) -> token`` / ``end(token)``; kinds ``local`` and ``radio``.
+        power: object with ``p_idle_w``, ``p_active_w``, ``p_radio_w`` attributes (W, may be ``None``).
+        clock: monotonic clock (s); ``Sample.t_arrival`` must use the same clock.
+        breaker: circuit breaker (default K=3 failures, M=2 probes, 0.5 s between probes).
+        local: local execution estimator (default: seeded with ``local_exec_us`` or else ``wcet_us``).
+        local_exec_us: seeds for the local estimator (µs), e.g. the profile p50.
+        model_hashes: model hash per name, if the models do not carry ``entry.model_hash``.
+        probe_interval_s: how often the probe thread checks (s); the link counts stale after
+            ``link.stale_after_s``.
+        probe_pad_bytes: padding of the bandwidth probe (bytes, each direction).
+    """
+
+    def __init__(self, models: Mapping[str, Any], policies: Mapping[str, str], sink: Callable[[Dict[str, Any]], None],
+                 fog: Optional[FogBackend] = None, link: Optional[LinkEstimator] = None,
+                 wcet_us: Optional[Mapping[str, float]] = None, objective: str = "latency", local_workers: int = 1,
+                 max_local_queue: int = 256, fog_timeout_s: float = 1.0,
+                 energy_fn: Optional[Callable[[float, float], Optional[float]]] = None,
+                 activity: Optional[Any] = None, power: Optional[Any] = None,
+                 clock: Callable[[], float] = time.monotonic, breaker: Optional[CircuitBreaker] = None,
+                 local: Optional[LocalEstimator] = None, local_exec_us: Optional[Mapping[str, float]] = None,
+                 model_hashes: Optional[Mapping[str, str]] = None, probe_interval_s: float = 0.5,
+                 probe_pad_bytes: int = 4096) -> None:
+        if objective not in ("latency", "energy"):
+            raise ConfigError(f"objective {objective!r}: expected latency or energy")
+        if local_workers < 1 or max_local_queue < 1:
+            raise ConfigError("local_workers and max_local_queue must be >= 1")
+        self.models = dict(models)
+        self.policies = {k: check_policy(v) for k, v in policies.items()}
+        self.default_policy = self.policies.get("*", "threshold")
+        self.sink = sink
+        self.fog = fog
+        self.link = link or LinkEstimator(clock=clock)
+        self.wcet_us = dict(wcet_us or {})
+        self.objective = objective
+        self.max_local_queue = max_local_queue
+        self.fog_timeout_s = fog_timeout_s
+        self.energy_fn = energy_fn
+        self.activity = activity
+        self.power = power
+        self.clock = clock
+        self.breaker = breaker or CircuitBreaker(probe_interval_s=probe_interval_s, clock=clock)
+        seeds = dict(self.wcet_us)
+        seeds.update(local_exec_us or {})
+        self.local = local or LocalEstimator(seeds)
+        self.probe_interval_s = probe_interval_s
+        self.probe_pad_bytes = probe_pad_bytes
+        self.hashes: Dict[str, Optional[str]] = {}
+        for name, m in self.models.items():
+            h = (model_hashes or {}).get(name)
+            if h is None:
+                h = getattr(m, "model_hash", None) or getattr(getattr(m, "entry", None), "model_hash", None)
+            self.hashes[name] = h
+        self._model_locks = {name: threading.Lock() for name in self.models}
+        self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
+        self._reply_bytes: Dict[str, int] = {}
+        self._cv = threading.Condition()
+        self._queue: Deque[_Job] = deque()
+        self._fallbacks: Deque[_Job] = deque()
+        self._queued_us = 0.0
+        self._busy: Dict[int, tuple] = {}  # worker index -> (t_start, est_us)
+        self._outstanding: Dict[int, _Job] = {}
+        self._sink_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closing = False
+        self.counts: Dict[str, int] = {d: 0 for d in DECISIONS}
+        self.per_model: Dict[str, int] = {}
+        self.errors = 0
+        self._seq = 0
+        self._workers = [threading.Thread(target=self._worker, args=(i,), name=f"dispatch-local-{i}", daemon=True)
+                         for i in range(local_workers)]
+        for t in self._workers:
+            t.start()
+        self._prober: Optional[threading.Thread] = None
+        if fog is not None:
+            self._prober = threading.Thread(target=self._probe_loop, name="dispatch-probe", daemon=True)
+            self._prober.start()
+
+    # ---- public --------------------------------------------------------------------------------
+    def policy_for(self, model: str) -> str:
+        return self.policies.get(model, self.default_policy)
+
+    def submit(self, sample: Any) -> None:
+        """Decide and start one input. May block while the local queue is full; never drops."""
+        job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
+        self._track(job)
+        if self._closing and self._stop.is_set():
+            self._emit(job, "rejected", reason="dispatcher closed", error="dispatcher closed")
+            return
+        if sample.model not in self.models:
+            self._emit(job, "rejected", reason="unknown model",
+                       error=f"model {sample.model!r} is not loaded (loaded: {', '.join(sorted(self.models))})")
+            return
+        try:
+            job.inputs = self._inputs(sample)
+            job.decision = decide(job.policy, job.inputs)
+        except Exception as exc:  # a bug in estimation must not lose the input
+            log.exception("decision failed for %s seq %s", sample.model, sample.seq)
+            job.decision = Decision("local", f"decision failed: {exc}")
+        if job.decision.decision == "offload":
+            self._offload(job)
+        else:
+            self._enqueue_local(job)
+
+    def record_rejected(self, sample: Any, reason: str) -> None:
+        """Write a ``rejected`` record for an input refused after it was accepted (e.g. queue drop-oldest)."""
+        job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
+        self._track(job)
+        self._emit(job, "rejected", reason=reason, error=reason)
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Finish every submitted input (one record each), then stop threads.
+
+        Inputs still unfinished after ``timeout_s`` get an error record. Returns True if all
+        finished normally. The fog back end is not closed (its owner closes it).
+        """
+        self._closing = True
+        deadline = time.monotonic() + timeout_s
+        clean = True
+        with self._cv:
+            while self._outstanding and time.monotonic() < deadline:
+                self._cv.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            leftover = list(self._outstanding.values())
+        for job in leftover:
+            clean = False
+            where = job.decision.decision if job.decision else "rejected"
+            self._emit(job, "fallback" if job.fog_error else where,
+                       error=f"dispatcher closed before the input finished (after {timeout_s:.1f}s)")
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._workers:
+            t.join(2.0)
+        if self._prober is not None:
+            self._prober.join(2.0)
+        return clean
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters for systemd ``STATUS=`` and the log: decisions, per model, in flight, breaker."""
+        with self._cv:
+            in_flight = len(self._outstanding)
+            qlen = len(self._queue) + len(self._fallbacks)
+        return {"decisions": dict(self.counts), "models": dict(self.per_model), "in_flight": in_flight,
+                "local_queue": qlen, "errors": self.errors,
+                "fog": None if self.fog is None else self.breaker.state,
+                "refused_models": sorted(self._refused)}
+
+    def status_line(self) -> str:
+        s = self.stats()
+        d = s["decisions"]
+        return (f"local={d['local']} offload={d['offload']} fallback={d['fallback']} rejected={d['rejected']} "
+                f"in_flight={s['in_flight']} fog={s['fog'] or 'none'}")
+
+    # ---- decision ------------------------------------------------------------------------------
+    def _local_backlog_us(self) -> float:
+        now = self.clock()
+        with self._cv:
+            busy = sum(max(0.0, est - (now - t0) * 1e6) for t0, est in self._busy.values())
+            total = self._queued_us + busy
+        return total / max(1, len(self._workers))
+
+    def _inputs(self, sample: Any) -> DecisionInputs:
+        model = sample.model
+        fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
+        t_l_in = t_l_out = t_f = None
+        fog_queue: Optional[float] = None
+        if self.fog is not None:
+            t_l_in = self.link.t_l_us(int(sample.nbytes) + HEADER_OVERHEAD_BYTES)
+            t_l_out = self.link.t_l_us(self._reply_bytes.get(model, DEFAULT_REPLY_BYTES))
+            t_f = self.link.t_f_us(model)
+            fog_queue = self.link.fog_queue_us()
+        deadline_us = None
+        if getattr(sample, "deadline_ms", None) is not None:
+            deadline_us = float(sample.deadline_ms) * 1000.0 - (self.clock() - sample.t_arrival) * 1e6
+        p = self.power
+        return DecisionInputs(
+            wcet_us=_r(self.wcet_us.get(model)), local_exec_us=_r(self.local.exec_us(model)),
+            local_queue_us=_r(self._local_backlog_us()) or 0.0, t_l_in_us=_r(t_l_in), t_l_out_us=_r(t_l_out),
+            t_f_us=_r(t_f), fog_queue_us=_r(fog_queue), fog_up=fog_up, deadline_us=_r(deadline_us),
+            objective=self.objective,
+            p_active_w=_r(getattr(p, "p_active_w", None), 4), p_idle_w=_r(getattr(p, "p_idle_w", None), 4),
+            p_radio_w=_r(getattr(p, "p_radio_w", None), 4))
+
+    # ---- offload path ----------------------------------------------------------------------------
+    def _offload(self, job: _Job) -> None:
+        assert self.fog is not None
+        sample = job.sample
+        job.radio_token = self._begin("radio")
+        job.t_sent = self.clock()
+        try:
+            fut = self.fog.submit(sample.model, sample.array, self.hashes.get(sample.model), self.fog_timeout_s)
+        except Exception as exc:  # a back end that cannot even take the request: run it here
+            self._on_fog_failure(job, FogFailure(f"submit failed: {exc}"))
+            return
+        fut.add_done_callback(functools.partial(self._on_fog_done, job))
+
+    def _on_fog_done(self, job: _Job, fut: Future[FogReply]) -> None:
+        self._end(job.radio_token)
+        exc = fut.exception()
+        if exc is not None:
+            self._on_fog_failure(job, exc)
+            return
+        reply = fut.result()
+        self.breaker.record_success()
+        model = job.sample.model
+        self._reply_bytes[model] = reply.bytes_in
+        self.link.observe_round_trip(reply.bytes_out, reply.bytes_in, reply.rtt_us, reply.t_f_us, reply.queue_us,
+                                     model=model)
+        t_done = self.clock()
+        energy = self._energy(job.t_sent, t_done)
+        try:
+            result = _result(reply.outputs)
+        except Exception as exc:
+            self._emit(job, "offload", error=f"fog output unusable: {exc}", exec_us=reply.t_f_us)
+            return
+        self._emit(job, "offload", t_done=t_done, exec_us=reply.t_f_us,
+                   transfer_us=max(0.0, reply.rtt_us - reply.t_f_us - reply.queue_us), result=result,
+                   energy_mj=energy)
+
+    def _on_fog_failure(self, job: _Job, exc: BaseException) -> None:
+        model = job.sample.model
+        if isinstance(exc, FogRefused):
+            if model not in self._refused:
+                log.error("fog refused model %s: %s (running it locally from now on)", model, exc)
+            self._refused[model] = str(exc)
+        elif not isinstance(exc, FogError):  # an error the fog answered itself means it is alive
+            self.breaker.record_failure(str(exc))
+        job.fog_error = f"{type(exc).__name__}: {exc}"
+        with self._cv:
+            if job.recorded:
+                return
+            job.est_us = self.local.exec_us(model) or 0.0
+            self._fallbacks.append(job)
+            self._queued_us += job.est_us
+            self._cv.notify()
+
+    # ---- local path ------------------------------------------------------------------------------
+    def _enqueue_local(self, job: _Job) -> None:
+        job.est_us = self.local.exec_us(job.sample.model) or 0.0
+        with self._cv:
+            while len(self._queue) >= self.max_local_queue and not self._stop.is_set():
+                self._cv.wait(0.1)  # backpressure: the caller waits, nothing is dropped
+            self._queue.append(job)
+            self._queued_us += job.est_us
+            self._cv.notify()
+
+    def _worker(self, index: int) -> None:
+        while True:
+            with self._cv:
+                while not self._fallbacks and not self._queue:
+                    if self._stop.is_set():
+                        return
+                    self._cv.wait(0.2)
+                job = self._fallbacks.popleft() if self._fallbacks else self._queue.popleft()
+                self._queued_us = max(0.0, self._queued_us - job.est_us)
+                self._busy[index] = (self.clock(), job.est_us)
+                self._cv.notify_all()  # wakes a submit waiting for room
+            try:
+                self._run_local(job)
+            except Exception as exc:  # never let a worker die: the input gets an error record
+                log.exception("local run failed")
+                self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._cv:
+                    self._busy.pop(index, None)
+
+    def _run_local(self, job: _Job) -> None:
+        sample = job.sample
+        where = "fallback" if job.fog_error else "local"
+        with self._cv:
+            if job.recorded:
+                return
+        token = self._begin("local")
+        t0 = self.clock()
+        try:
+            with self._model_locks[sample.model]:
+                out = self.models[sample.model].predict(sample.array)
+        except Exception as exc:
+            self._end(token)
+            self._emit(job, where, error=f"local inference failed: {type(exc).__name__}: {exc}")
+            return
+        t1 = self.clock()
+        self._end(token)
+        exec_us = (t1 - t0) * 1e6
+        self.local.observe(sample.model, exec_us)
+        self._emit(job, where, t_done=t1, exec_us=exec_us, result=_result(out), energy_mj=self._energy(t0, t1))
+
+    # ---- probes ----------------------------------------------------------------------------------
+    def _probe_loop(self) -> None:
+        assert self.fog is not None
+        while not self._stop.wait(min(0.05, self.probe_interval_s)):
+            try:
+                if not self.breaker.is_up():
+                    if self.breaker.probe_due():
+                        err = self._probe(0)
+                        self.breaker.record_probe(err is None, err or "")
+                elif self.link.is_stale():
+                    err = self._probe(0) or self._probe(self.probe_pad_bytes)
+                    if err is not None:
+                        self.breaker.record_failure(err)
+                    elif self._stop.wait(self.probe_interval_s):
+                        return
+            except Exception:  # the probe loop must survive anything
+                log.exception("probe failed unexpectedly")
+
+    def _probe(self, pad: int) -> Optional[str]:
+        """One ping; feeds the estimator; returns None on success or the error text."""
+        assert self.fog is not None
+        try:
+            pong = self.fog.ping(timeout_s=min(self.fog_timeout_s, 2.0), pad_bytes=pad)
+        except FogFailure as exc:
+            return f"probe: {type(exc).__name__}: {exc}"
+        self.link.observe_round_trip(pong.bytes_out, pong.bytes_in, pong.rtt_us)
+        self.link.observe_fog_queue(pong.queue_est_us)
+        for name, info in pong.models.items():
+            if name not in self.models:
+                continue
+            if info.get("t_f_us") is not None:
+                self.link.observe_t_f(name, float(info["t_f_us"]))
+            if name in self._refused and info.get("model_hash") == self.hashes.get(name):
+                log.info("fog now serves the same %s as this edge: offloading it again", name)
+                self._refused.pop(name, None)
+        return None
+
+    # ---- records ---------------------------------------------------------------------------------
+    def _track(self, job: _Job) -> None:
+        with self._cv:
+            self._seq += 1
+            self._outstanding[self._seq] = job
+            job.key = self._seq
+
+    def _emit(self, job: _Job, decision: str, reason: Optional[str] = None, t_done: Optional[float] = None,
+              exec_us: Optional[float] = None, transfer_us: Optional[float] = None,
+              result: Optional[Dict[str, Any]] = None, error: Optional[str] = None,
+              energy_mj: Optional[float] = None) -> None:
+        with self._cv:
+            if job.recorded:
+                return
+            job.recorded = True
+            self._outstanding.pop(job.key, None)
+            self._cv.notify_all()
+        sample = job.sample
+        i = job.inputs or DecisionInputs()
+        d = job.decision
+        if reason is None:
+            reason = d.reason if d else ""
+            if decision == "fallback" and job.fog_error:
+                reason = f"{reason}; fallback: {job.fog_error}"
+        t_end = t_done if t_done is not None else self.clock()
+        rec: Dict[str, Any] = {
+            "ts": round(job.ts, 6), "seq": getattr(sample, "seq", None), "source": getattr(sample, "source", ""),
+            "model": sample.model, "policy": job.policy, "decision": decision, "reason": reason,
+            "wcet_us": i.wcet_us, "local_exec_us": i.local_exec_us, "t_l_us": i.t_l_in_us,
+            "t_l_out_us": i.t_l_out_us, "t_f_us": i.t_f_us, "fog_queue_us": i.fog_queue_us,
+            "threshold_us": _r(d.threshold_us) if d else None, "local_queue_us": i.local_queue_us,
+            "expected_local_us": _r(d.expected_local_us) if d else None,
+            "expected_offload_us": _r(d.expected_offload_us) if d else None,
+            "fog_up": i.fog_up, "deadline_us": i.deadline_us, "objective": i.objective,
+            "latency_us": _r((t_end - sample.t_arrival) * 1e6),
+            "exec_us": _r(exec_us), "transfer_us": _r(transfer_us), "result": result, "error": error,
+            "fog_error": job.fog_error, "energy_mj": _r(energy_mj, 4),
+        }
+        if i.objective == "energy":
+            rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
+                       expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
+                       expected_offload_mj=_r(d.expected_offload_mj, 4) if d else None)
+        with self._sink_lock:
+            self.counts[decision] = self.counts.get(decision, 0) + 1
+            self.per_model[sample.model] = self.per_model.get(sample.model, 0) + 1
+            if error:
+                self.errors += 1
+            try:
+                self.sink(rec)
+            except Exception:  # a failing sink must not kill the thread that finished the input
+                log.exception("decision sink failed")
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _begin(self, kind: str) -> Any:
+        if self.activity is None:
+            return None
+        try:
+            return self.activity.begin(kind)
+        except Exception:
+            log.exception("activity.begin failed")
+            return None
+
+    def _end(self, token: Any) -> None:
+        if self.activity is None or token is None:
+            return
+        try:
+            self.activity.end(token)
+        except Exception:
+            log.exception("activity.end failed")
+
+    def _energy(self, t0: float, t1: float) -> Optional[float]:
+        if self.energy_fn is None:
+            return None
+        try:
+            return self.energy_fn(t0, t1)
+        except Exception:
+            log.exception("energy_fn failed")
+            return None
+
+
+def _result(outputs: np.ndarray) -> Dict[str, Any]:
+    """``{"label": argmax, "score": max}`` of a probability vector."""
+    flat = np.asarray(outputs).reshape(-1)
+    k = int(np.argmax(flat))
+    return {"label": k, "score": round(float(flat[k]), 6)}
+
+
+__all__: List[str] = ["Dispatcher", "DECISIONS", "HEADER_OVERHEAD_BYTES"]

@@ -1,0 +1,530 @@
+"""Edge side of the fog link: pluggable fog back ends and a circuit breaker.
+
+:class:`FogBackend` is what the dispatcher talks to: ``submit`` returns a
+:class:`concurrent.futures.Future` that resolves to a :class:`FogReply` or fails
+with a typed :class:`FogFailure` (timeout, refusal, unavailable, remote error).
+Every future resolves: on its deadline at the latest, or when the backend closes.
+
+:class:`ZmqFogBackend` speaks the native protocol (:mod:`edged.offload.protocol`)
+over one DEALER socket owned by one I/O thread; callers enqueue requests through a
+thread-safe queue and wake the thread through a pipe, so any thread may submit.
+Requests are pipelined and matched to replies by id; a reply for a request that
+already timed out is dropped. ``ZMQ_IMMEDIATE`` makes a send fail at once while no
+fog connection is up (dead node, outage, rejected CURVE key), so the edge falls back
+immediately instead of waiting for the timeout; a lost connection fails every
+request in flight on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import zmq
+
+from edged.offload.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    array_from_payload,
+    array_to_frames,
+    decode_header,
+    encode_header,
+    frames_size,
+)
+
+log = logging.getLogger("edged.fog_client")
+
+
+# ---- results and failures ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FogReply:
+    """A successful offload: the model output and the timings (µs) and sizes (bytes) of the round trip."""
+
+    outputs: np.ndarray
+    t_f_us: float
+    queue_us: float
+    rtt_us: float
+    bytes_out: int
+    bytes_in: int
+
+
+@dataclass(frozen=True)
+class PingReply:
+    """A health/probe round trip. ``models`` maps name → ``{"model_hash", "t_f_us"}`` as the fog reports."""
+
+    rtt_us: float
+    bytes_out: int
+    bytes_in: int
+    models: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    queue_est_us: float = 0.0
+    workers: int = 0
+
+
+class FogFailure(Exception):
+    """Base class: the fog did not produce a result for this request."""
+
+
+class FogTimeout(FogFailure):
+    """No reply before the request's deadline."""
+
+
+class FogRefused(FogFailure):
+    """The fog refused the request (model hash mismatch); the message names both hashes."""
+
+
+class FogUnavailable(FogFailure):
+    """No connection to the fog node (not connected, connection lost, backend closed)."""
+
+
+class FogError(FogFailure):
+    """The fog answered with an error (queue full, bad input, model failure)."""
+
+
+# ---- back-end interface --------------------------------------------------------------------------
+class FogBackend(abc.ABC):
+    """A way to run one input on a remote node."""
+
+    name: str = "fog"
+
+    @abc.abstractmethod
+    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+               timeout_s: float) -> Future[FogReply]:
+        """Send one input (no batch dim) for ``model``; the future resolves within ``timeout_s`` (s)."""
+
+    @abc.abstractmethod
+    def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
+        """Blocking health probe; ``pad_bytes`` of padding each way lets the link bandwidth be measured.
+
+        Raises a :class:`FogFailure` subclass on failure.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Fail every pending request with :class:`FogUnavailable` and release resources."""
+
+
+class OipFogBackend(FogBackend):
+    """Open Inference Protocol (KServe v2: Triton, KServe, MLServer) back end — not implemented yet.
+
+    Mapping when it is: ``submit`` → ``POST {base}/v2/models/{model}/infer`` with
+    ``{"id", "inputs": [{"name", "shape": [1, ...], "datatype": "FP32", "data": [...]}]}``
+    (or the binary-tensor extension); the reply's ``outputs[0]`` is the result; T_F comes
+    from the server's ``/v2/models/{model}/stats`` (``inference_stats.compute_infer``) or a
+    response parameter; ``model_hash`` maps to the model ``version``; ``ping`` →
+    ``GET {base}/v2/health/ready`` (padded probes as a dummy infer); refusals are HTTP 4xx.
+    """
+
+    name = "oip"
+
+    def __init__(self, base_url: str) -> None:
+        raise NotImplementedError("the Open Inference Protocol (KServe v2) fog back end is not implemented yet; "
+                                  "use the ZeroMQ back end (edged fog)")
+
+    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+               timeout_s: float) -> Future[FogReply]:
+        raise NotImplementedError
+
+    def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# ---- ZeroMQ back end -----------------------------------------------------------------------------
+@dataclass
+class _Request:
+    rid: str
+    frames: List[bytes]
+    future: Future[Any]
+    timeout_s: float
+    kind: str
+    deadline: float = 0.0
+    t_sent: float = 0.0
+    bytes_out: int = 0
+
+
+def _read_key(value: Union[str, bytes, None], want_secret: bool) -> Optional[bytes]:
+    """A z85 key given directly (40 chars) or as a certificate file from ``edged keys``."""
+    if value is None:
+        return None
+    if isinstance(value, bytes) and len(value) == 40:
+        return value
+    from zmq.auth import load_certificate
+
+    public, secret = load_certificate(os.fsdecode(value))
+    key = secret if want_secret else public
+    if key is None:
+        raise ValueError(f"{value!r} holds no {'secret' if want_secret else 'public'} key")
+    return key
+
+
+class ZmqFogBackend(FogBackend):
+    """Native ZeroMQ fog back end (DEALER to the fog's ROUTER).
+
+    Args:
+        endpoint: fog endpoint, e.g. ``tcp://fog.local:5556``.
+        curve_server_key: the fog's public key (z85 bytes or its ``.key`` certificate file); enables CURVE.
+        curve_client_key: this edge's secret certificate file (``.key_secret``) or ``(public, secret)`` z85 pair.
+        max_msg_bytes: ``ZMQ_MAXMSGSIZE`` for replies (bytes).
+        rebuild_after_timeouts: consecutive timeouts after which the socket is rebuilt (drops stale queued sends).
+        context: ZeroMQ context to use (default: a private one).
+    """
+
+    name = "zmq"
+
+    def __init__(self, endpoint: str, curve_server_key: Union[str, bytes, None] = None,
+                 curve_client_key: Union[str, tuple, None] = None, max_msg_bytes: int = 16 * 1024 * 1024,
+                 rebuild_after_timeouts: int = 3, context: Optional[zmq.Context] = None) -> None:
+        self.endpoint = endpoint
+        self._server_key = _read_key(curve_server_key, want_secret=False)
+        self._client_keys: Optional[tuple] = None
+        if isinstance(curve_client_key, tuple):
+            self._client_keys = curve_client_key
+        elif curve_client_key is not None:
+            from zmq.auth import load_certificate
+
+            self._client_keys = load_certificate(os.fspath(curve_client_key))
+            if self._client_keys[1] is None:
+                raise ValueError(f"{curve_client_key!r} holds no secret key (use the .key_secret file)")
+        if self._server_key is not None and self._client_keys is None:
+            self._client_keys = zmq.curve_keypair()  # an anonymous key pair: enough if the fog allows any key
+        self.max_msg_bytes = max_msg_bytes
+        self.rebuild_after_timeouts = rebuild_after_timeouts
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._outbox: queue.Queue[_Request] = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFF:x}-"
+        self._pending: Dict[str, _Request] = {}
+        self._stop = threading.Event()
+        self._closed = False
+        self.connected = False
+        self.counts: Dict[str, int] = {"sent": 0, "ok": 0, "timeout": 0, "unavailable": 0, "refused": 0,
+                                       "error": 0, "late": 0, "rebuilds": 0}
+        self._thread = threading.Thread(target=self._io_loop, name="fog-client-io", daemon=True)
+        self._thread.start()
+
+    # ---- caller side -----------------------------------------------------------------------------
+    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+               timeout_s: float) -> Future[FogReply]:
+        rid = self._prefix + str(next(self._ids))
+        header = {"v": PROTOCOL_VERSION, "id": rid, "kind": "infer", "model": model, "model_hash": model_hash,
+                  "sent_ts": round(time.time(), 6)}
+        return self._enqueue(_Request(rid, array_to_frames(header, array), Future(), timeout_s, "infer"))
+
+    def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
+        rid = self._prefix + str(next(self._ids))
+        header = {"v": PROTOCOL_VERSION, "id": rid, "kind": "ping", "reply_pad": int(pad_bytes),
+                  "sent_ts": round(time.time(), 6)}
+        fut = self._enqueue(_Request(rid, [encode_header(header), b"\0" * int(pad_bytes)], Future(), timeout_s,
+                                     "ping"))
+        try:
+            return fut.result(timeout=timeout_s + 1.0)
+        except TimeoutError:  # the I/O thread resolves every future; this is a safety net
+            raise FogTimeout(f"ping: no answer from {self.endpoint} within {timeout_s:.2f}s") from None
+
+    def _enqueue(self, req: _Request) -> Future[Any]:
+        req.future.set_running_or_notify_cancel()
+        if self._closed:
+            req.future.set_exception(FogUnavailable("fog client is closed"))
+            return req.future
+        self._outbox.put(req)
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # pipe full: the I/O thread is already awake
+        return req.future
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._thread.join(5.0)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._own_ctx:
+            self._ctx.term()
+
+    # ---- I/O thread ------------------------------------------------------------------------------
+    def _make_socket(self) -> tuple[zmq.Socket, zmq.Socket]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_msg_bytes))
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._server_key is not None and self._client_keys is not None:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey = self._client_keys[0]
+            sock.curve_secretkey = self._client_keys[1]
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                          | zmq.EVENT_CONNECTED)
+        sock.connect(self.endpoint)
+        return sock, monitor
+
+    def _close_socket(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(0)
+        sock.close(0)
+        self.connected = False
+
+    def _io_loop(self) -> None:
+        sock, monitor = self._make_socket()
+        consecutive_timeouts = 0
+        try:
+            while not self._stop.is_set():
+                poller = zmq.Poller()
+                poller.register(sock, zmq.POLLIN)
+                poller.register(monitor, zmq.POLLIN)
+                poller.register(self._wake_r, zmq.POLLIN)
+                now = time.monotonic()
+                next_deadline = min((r.deadline for r in self._pending.values()), default=now + 0.1)
+                wait_ms = max(0, min(100, int((next_deadline - now) * 1000) + 1))
+                events = dict(poller.poll(wait_ms))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except (BlockingIOError, OSError):
+                        pass
+                if monitor in events:
+                    self._drain_monitor(monitor)
+                self._send_outbox(sock)
+                if sock in events:
+                    consecutive_timeouts = 0 if self._drain_replies(sock) else consecutive_timeouts
+                expired = self._expire()
+                consecutive_timeouts += expired
+                if expired and consecutive_timeouts >= self.rebuild_after_timeouts:
+                    log.info("fog client: %d consecutive timeouts, rebuilding the socket to %s",
+                             consecutive_timeouts, self.endpoint)
+                    self._fail_all(FogUnavailable("socket rebuilt after repeated timeouts"))
+                    self._close_socket(sock, monitor)
+                    sock, monitor = self._make_socket()
+                    self.counts["rebuilds"] += 1
+                    consecutive_timeouts = 0
+        except Exception:  # never leave futures hanging: fail them all below
+            log.exception("fog client I/O thread failed")
+        finally:
+            self._closed = True
+            self._fail_all(FogUnavailable("fog client is closed"))
+            while True:
+                try:
+                    req = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                self._resolve_exc(req, FogUnavailable("fog client is closed"))
+            self._close_socket(sock, monitor)
+
+    def _drain_monitor(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                msg = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = msg.get("event")
+            if event in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CONNECTED):
+                self.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                if self.connected:
+                    log.info("fog client: connection to %s lost", self.endpoint)
+                self.connected = False
+                self._fail_all(FogUnavailable(f"connection to fog {self.endpoint} lost"))
+
+    def _send_outbox(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                req = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            now = time.monotonic()
+            req.t_sent = now
+            req.deadline = now + req.timeout_s
+            req.bytes_out = frames_size(req.frames)
+            try:
+                sock.send_multipart(req.frames, zmq.NOBLOCK)
+            except zmq.Again:
+                self._resolve_exc(req, FogUnavailable(f"no connection to fog {self.endpoint}"))
+                continue
+            except zmq.ZMQError as exc:
+                self._resolve_exc(req, FogUnavailable(f"send to fog {self.endpoint} failed: {exc}"))
+                continue
+            self.counts["sent"] += 1
+            self._pending[req.rid] = req
+
+    def _drain_replies(self, sock: zmq.Socket) -> bool:
+        got_any = False
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return got_any
+            t_recv = time.monotonic()
+            if len(frames) != 2:
+                log.warning("fog client: reply with %d frames ignored", len(frames))
+                continue
+            try:
+                header = decode_header(frames[0])
+            except ProtocolError as exc:
+                log.warning("fog client: bad reply header ignored: %s", exc)
+                continue
+            req = self._pending.pop(str(header.get("id")), None)
+            if req is None:
+                self.counts["late"] += 1  # reply to a request that already timed out: never a second result
+                continue
+            got_any = True
+            self._resolve_reply(req, header, frames[1], t_recv, len(frames[0]))
+
+    def _resolve_reply(self, req: _Request, header: Dict[str, Any], payload: bytes, t_recv: float,
+                       header_bytes: int) -> None:
+        rtt_us = (t_recv - req.t_sent) * 1e6
+        bytes_in = len(payload) + header_bytes
+        status = header.get("status")
+        if status == "refused":
+            self._resolve_exc(req, FogRefused(str(header.get("error") or "refused by the fog")))
+            return
+        if status != "ok":
+            self._resolve_exc(req, FogError(str(header.get("error") or f"fog status {status!r}")))
+            return
+        try:
+            if req.kind == "ping":
+                result: Any = PingReply(rtt_us=rtt_us, bytes_out=req.bytes_out, bytes_in=bytes_in,
+                                        models=dict(header.get("models") or {}),
+                                        queue_est_us=float(header.get("queue_est_us") or 0.0),
+                                        workers=int(header.get("workers") or 0))
+            else:
+                result = FogReply(outputs=array_from_payload(header, payload),
+                                  t_f_us=float(header.get("t_f_us") or 0.0),
+                                  queue_us=float(header.get("queue_us") or 0.0), rtt_us=rtt_us,
+                                  bytes_out=req.bytes_out, bytes_in=bytes_in)
+        except (ProtocolError, TypeError, ValueError) as exc:
+            self._resolve_exc(req, FogError(f"malformed reply from fog: {exc}"))
+            return
+        self.counts["ok"] += 1
+        if not req.future.done():
+            req.future.set_result(result)
+
+    def _resolve_exc(self, req: _Request, exc: FogFailure) -> None:
+        key = {FogTimeout: "timeout", FogRefused: "refused", FogUnavailable: "unavailable"}.get(type(exc), "error")
+        self.counts[key] += 1
+        if not req.future.done():
+            req.future.set_exception(exc)
+
+    def _expire(self) -> int:
+        now = time.monotonic()
+        expired = [r for r in self._pending.values() if r.deadline <= now]
+        for req in expired:
+            del self._pending[req.rid]
+            self._resolve_exc(req, FogTimeout(f"no reply from fog {self.endpoint} within {req.timeout_s:.3f}s"))
+        return len(expired)
+
+    def _fail_all(self, exc: FogFailure) -> None:
+        pending, self._pending = self._pending, {}
+        for req in pending.values():
+            self._resolve_exc(req, type(exc)(str(exc)))
+
+
+# ---- circuit breaker -----------------------------------------------------------------------------
+class CircuitBreaker:
+    """Marks the fog ``down`` after ``failure_threshold`` consecutive failures; back ``up`` after
+    ``recovery_probes`` consecutive successful probes. While down, only probes go to the fog,
+    one every ``probe_interval_s`` seconds. Thread-safe.
+    """
+
+    def __init__(self, failure_threshold: int = 3, recovery_probes: int = 2, probe_interval_s: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = failure_threshold
+        self.recovery_probes = recovery_probes
+        self.probe_interval_s = probe_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = "up"
+        self._failures = 0
+        self._probe_ok = 0
+        self._next_probe = 0.0
+        self.last_error: Optional[str] = None
+        self.transitions = 0
+
+    @property
+    def state(self) -> str:
+        """``"up"`` or ``"down"``."""
+        return self._state
+
+    def is_up(self) -> bool:
+        return self._state == "up"
+
+    def record_success(self) -> None:
+        """A real request succeeded (ignored while down: only probes bring the fog back)."""
+        with self._lock:
+            if self._state == "up":
+                self._failures = 0
+
+    def record_failure(self, error: str = "") -> bool:
+        """A request or probe failed; returns True if this failure tripped the breaker."""
+        with self._lock:
+            self.last_error = error or self.last_error
+            if self._state == "down":
+                return False
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._state = "down"
+                self._probe_ok = 0
+                self._next_probe = self._clock() + self.probe_interval_s
+                self.transitions += 1
+                log.warning("fog marked down after %d consecutive failures (last: %s)", self._failures,
+                            self.last_error)
+                return True
+            return False
+
+    def probe_due(self) -> bool:
+        """True when the fog is down and the next probe may be sent."""
+        with self._lock:
+            return self._state == "down" and self._clock() >= self._next_probe
+
+    def record_probe(self, ok: bool, error: str = "") -> None:
+        """Result of a probe sent while down."""
+        with self._lock:
+            if self._state != "down":
+                return
+            self._next_probe = self._clock() + self.probe_interval_s
+            if not ok:
+                self._probe_ok = 0
+                self.last_error = error or self.last_error
+                return
+            self._probe_ok += 1
+            if self._probe_ok >= self.recovery_probes:
+                self._state = "up"
+                self._failures = 0
+                self.transitions += 1
+                log.warning("fog back up after %d successful probes", self._probe_ok)
+
+    def snapshot(self) -> Dict[str, Any]:
+        with self._lock:
+            return {"state": self._state, "failures": self._failures, "probe_ok": self._probe_ok,
+                    "transitions": self.transitions, "last_error": self.last_error}

@@ -1,0 +1,415 @@
+"""``edged fog``: the fog node. A ZeroMQ ROUTER that runs offloaded inputs on a worker pool.
+
+Threads: one I/O thread owns the ROUTER socket (and answers pings itself); ``workers``
+threads each hold their own loaded instance of every model (a runtime session is
+used by one thread at a time) and take requests from one bounded queue. Results
+come back to the I/O thread over an inproc PUSH/PULL pair, because a ZeroMQ socket
+must only be used by the thread that owns it.
+
+A request whose ``model_hash`` differs from the fog's copy of the model is
+``refused`` with both hashes in the message; a full queue answers ``error`` ("fog
+queue full") at once instead of queueing forever; messages above
+``max_msg_bytes`` make ZeroMQ drop the sender's connection (``ZMQ_MAXMSGSIZE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import statistics
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import zmq
+
+from edged.errors import ConfigError, EdgedError
+from edged.offload.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    array_from_payload,
+    decode_header,
+    encode_header,
+)
+
+log = logging.getLogger("edged.fog")
+
+DEFAULT_BIND = "tcp://*:5556"
+DEFAULT_MAX_MSG_BYTES = 16 * 1024 * 1024
+_MAX_PING_PAD = 1024 * 1024
+
+_Job = Tuple[bytes, Dict[str, Any], bytes, float]  # (routing id, header, payload, t_enqueued monotonic)
+
+
+class FogServer:
+    """A fog node serving the model catalogue over a ZeroMQ ROUTER socket.
+
+    Args:
+        bind: ZeroMQ endpoint to bind, e.g. ``tcp://*:5556`` (``tcp://127.0.0.1:0`` picks a free port).
+        models_dirs: extra model directories on top of the shipped catalogue.
+        backend: ``onnx`` | ``litert`` | ``auto``.
+        threads: intra-op threads per model instance (per worker).
+        workers: worker threads; each loads its own instance of every model.
+        max_queue: requests waiting beyond this are answered ``error: fog queue full``.
+        max_msg_bytes: ``ZMQ_MAXMSGSIZE`` on the ROUTER (bytes); bigger messages drop the peer.
+        curve_secret_key: path of this node's CURVE secret certificate (enables CURVE).
+        curve_authorized_dir: directory of authorised client public certificates (required with CURVE).
+        models: restrict to these model names (default: every catalogue model).
+        warmup_runs: inferences on a zero input per model and worker at start (seeds T_F).
+    """
+
+    def __init__(self, bind: str = DEFAULT_BIND, models_dirs: Optional[Sequence[str]] = None,
+                 backend: str = "auto", threads: int = 1, workers: int = 1, max_queue: int = 64,
+                 max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES, curve_secret_key: Optional[str] = None,
+                 curve_authorized_dir: Optional[str] = None, models: Optional[Sequence[str]] = None,
+                 warmup_runs: int = 2, context: Optional[zmq.Context] = None) -> None:
+        if workers < 1 or threads < 1 or max_queue < 1:
+            raise ConfigError("fog: --workers, --threads and --max-queue must be >= 1")
+        if bool(curve_secret_key) != bool(curve_authorized_dir):
+            raise ConfigError("fog: CURVE needs both --curve-secret-key and --curve-authorized-dir")
+        self.bind = bind
+        self.models_dirs = list(models_dirs or [])
+        self.backend = backend
+        self.threads = threads
+        self.n_workers = workers
+        self.max_queue = max_queue
+        self.max_msg_bytes = max_msg_bytes
+        self.curve_secret_key = curve_secret_key
+        self.curve_authorized_dir = curve_authorized_dir
+        self.only_models = list(models) if models else None
+        self.warmup_runs = warmup_runs
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._stop = threading.Event()
+        self._jobs: queue.Queue[Optional[_Job]] = queue.Queue()
+        self._hashes: Dict[str, str] = {}
+        self._t_f: Dict[str, Deque[float]] = {}
+        self._t_f_lock = threading.Lock()
+        self._workers: List[threading.Thread] = []
+        self._router: Optional[zmq.Socket] = None
+        self._results: Optional[zmq.Socket] = None
+        self._auth: Any = None
+        self._io_thread: Optional[threading.Thread] = None
+        self._results_ep = f"inproc://edged-fog-results-{id(self)}"
+        self.endpoint = ""
+        self.counts: Dict[str, int] = {"ok": 0, "error": 0, "refused": 0, "ping": 0, "full": 0}
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def open(self) -> str:
+        """Load models in every worker, bind the socket, start workers; return the bound endpoint."""
+        from edged.models import Catalogue
+
+        cat = Catalogue.discover(extra_dirs=[Path(d) for d in self.models_dirs] or None)
+        names = self.only_models or cat.names()
+        if not names:
+            raise ConfigError("fog: the model catalogue is empty; nothing to serve")
+        self._hashes = {name: cat.get(name).model_hash for name in names}
+        instances: List[Dict[str, Any]] = []
+        for _ in range(self.n_workers):
+            loaded: Dict[str, Any] = {}
+            for name in names:
+                loaded[name] = cat.load(name, backend=self.backend, threads=self.threads)
+                self._warmup(name, loaded[name], cat.get(name).input)
+            instances.append(loaded)
+        self._results = self._ctx.socket(zmq.PULL)
+        self._results.bind(self._results_ep)
+        self._router = self._make_router()
+        for i, loaded in enumerate(instances):
+            t = threading.Thread(target=self._worker, args=(loaded,), name=f"fog-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self.endpoint
+
+    def _make_router(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_msg_bytes))
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        if self.curve_secret_key:
+            from zmq.auth import load_certificate
+            from zmq.auth.thread import ThreadAuthenticator
+
+            auth_dir = Path(str(self.curve_authorized_dir))
+            if not auth_dir.is_dir():
+                raise ConfigError(f"fog: --curve-authorized-dir {auth_dir} is not a directory")
+            try:
+                public, secret = load_certificate(self.curve_secret_key)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"fog: cannot read CURVE key {self.curve_secret_key}: {exc}") from None
+            if not secret:
+                raise ConfigError(f"fog: {self.curve_secret_key} holds no secret key (use the .key_secret file)")
+            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(auth_dir))
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        try:
+            sock.bind(self.bind)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ConfigError(f"fog: cannot bind {self.bind}: {exc}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def _warmup(self, name: str, model: Any, spec: Any) -> None:
+        shape = tuple(d if d else 1 for d in spec.sample_shape)
+        x = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        for _ in range(self.warmup_runs):
+            t0 = time.perf_counter()
+            model.predict(x)
+            self._record_t_f(name, (time.perf_counter() - t0) * 1e6)
+
+    def start(self) -> str:
+        """:meth:`open` and serve on a background thread; returns the bound endpoint."""
+        self.open()
+        self._io_thread = threading.Thread(target=self.serve_forever, name="fog-io", daemon=True)
+        self._io_thread.start()
+        return self.endpoint
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop serving (queued requests are answered ``error: fog shutting down``) and release everything."""
+        self._stop.set()
+        if self._io_thread is not None:
+            self._io_thread.join(timeout_s)
+        else:
+            self._shutdown(timeout_s)
+
+    def serve_forever(self, stop: Optional[threading.Event] = None) -> None:
+        """Run the I/O loop in this thread until ``stop`` (or :meth:`stop`) is set."""
+        assert self._router is not None and self._results is not None, "call open() first"
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._results, zmq.POLLIN)
+        try:
+            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                events = dict(poller.poll(100))
+                if self._results in events:
+                    self._drain_results()
+                if self._router in events:
+                    self._drain_requests()
+        finally:
+            self._stop.set()
+            self._shutdown(5.0)
+
+    def _shutdown(self, timeout_s: float) -> None:
+        # answer whatever is still queued so edges fall back at once instead of timing out
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and self._router is not None:
+                self._reply(job[0], job[1], "error", "fog shutting down")
+        for _ in self._workers:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in self._workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._results is not None:
+            self._drain_results()
+        for sock in (self._router, self._results):
+            if sock is not None:
+                sock.close(0)
+        self._router = self._results = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx:
+            self._ctx.term()
+
+    # ---- I/O thread ----------------------------------------------------------------------------
+    def _drain_requests(self) -> None:
+        assert self._router is not None
+        for _ in range(1000):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle_request(frames)
+
+    def _handle_request(self, frames: List[bytes]) -> None:
+        ident = frames[0]
+        if len(frames) != 3:
+            self._reply(ident, {}, "error", f"expected [header, payload], got {len(frames) - 1} frames")
+            return
+        try:
+            header = decode_header(frames[1])
+        except ProtocolError as exc:
+            self._reply(ident, {}, "error", str(exc))
+            return
+        kind = header.get("kind", "infer")
+        if kind == "ping":
+            self._pong(ident, header)
+            return
+        if kind != "infer":
+            self._reply(ident, header, "error", f"unknown kind {kind!r}; expected infer or ping")
+            return
+        model = str(header.get("model"))
+        fog_hash = self._hashes.get(model)
+        if fog_hash is None:
+            self._reply(ident, header, "error",
+                        f"fog does not serve model {model!r}; it serves {', '.join(sorted(self._hashes))}")
+            return
+        edge_hash = header.get("model_hash")
+        if edge_hash != fog_hash:
+            self.counts["refused"] += 1
+            self._reply(ident, header, "refused",
+                        f"model {model!r} hash mismatch: edge has {edge_hash or 'none'}, fog has {fog_hash}; "
+                        "deploy the same model on both", model_hash=fog_hash)
+            return
+        if self._jobs.qsize() >= self.max_queue:
+            self.counts["full"] += 1
+            self._reply(ident, header, "error", f"fog queue full ({self.max_queue} waiting)")
+            return
+        self._jobs.put((ident, header, frames[2], time.monotonic()))
+
+    def _pong(self, ident: bytes, header: Dict[str, Any]) -> None:
+        self.counts["ping"] += 1
+        t_f = self._t_f_medians()
+        depth = self._jobs.qsize()
+        mean_t_f = statistics.mean(t_f.values()) if t_f else 0.0
+        extra = {
+            "kind": "ping",
+            "models": {m: {"model_hash": h, "t_f_us": t_f.get(m)} for m, h in self._hashes.items()},
+            "queue_depth": depth,
+            "workers": self.n_workers,
+            "queue_est_us": round(depth * mean_t_f / self.n_workers, 1),
+        }
+        pad = min(max(0, int(header.get("reply_pad") or 0)), _MAX_PING_PAD)
+        self._reply(ident, header, "ok", None, payload=b"\0" * pad, **extra)
+
+    def _reply(self, ident: bytes, req: Dict[str, Any], status: str, error: Optional[str],
+               payload: bytes = b"", **fields: Any) -> None:
+        if status == "error":
+            self.counts["error"] += 1
+        header: Dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req.get("id"), "status": status, "error": error,
+                                  "t_f_us": 0.0, "queue_us": 0.0, "dtype": None, "shape": None,
+                                  "model_hash": self._hashes.get(str(req.get("model")))}
+        header.update(fields)
+        if self._router is not None:
+            self._router.send_multipart([ident, encode_header(header), payload])
+
+    def _drain_results(self) -> None:
+        assert self._results is not None and self._router is not None
+        for _ in range(1000):
+            try:
+                frames = self._results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._router.send_multipart(frames)
+
+    # ---- workers -------------------------------------------------------------------------------
+    def _worker(self, models: Dict[str, Any]) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(self._results_ep)
+        try:
+            while True:
+                try:
+                    job = self._jobs.get(timeout=0.5)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        break
+                    continue
+                if job is None:
+                    break
+                push.send_multipart(self._run(models, job))
+        finally:
+            for m in models.values():
+                try:
+                    m.close()
+                except Exception:  # closing must not hide the shutdown of other workers
+                    log.exception("closing a model failed")
+            push.close()
+
+    def _run(self, models: Dict[str, Any], job: _Job) -> List[bytes]:
+        ident, req, payload, t_enq = job
+        queue_us = (time.monotonic() - t_enq) * 1e6
+        name = str(req.get("model"))
+        header: Dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req.get("id"), "status": "ok", "error": None,
+                                  "t_f_us": 0.0, "queue_us": round(queue_us, 1), "dtype": None, "shape": None,
+                                  "model_hash": self._hashes.get(name)}
+        out = b""
+        try:
+            x = array_from_payload(req, payload)
+            model = models[name]
+            t0 = time.perf_counter()
+            y = np.ascontiguousarray(model.predict(x))
+            t_f_us = (time.perf_counter() - t0) * 1e6
+            self._record_t_f(name, t_f_us)
+            header.update(t_f_us=round(t_f_us, 1), dtype=str(y.dtype), shape=list(y.shape))
+            out = y.tobytes()
+            self.counts["ok"] += 1
+        except (ProtocolError, EdgedError, ValueError) as exc:
+            header.update(status="error", error=f"model {name!r}: {exc}")
+            self.counts["error"] += 1
+        except Exception as exc:  # a model crash answers an error; the worker keeps serving
+            log.exception("fog: model %s failed", name)
+            header.update(status="error", error=f"model {name!r} failed on the fog: {type(exc).__name__}: {exc}")
+            self.counts["error"] += 1
+        return [ident, encode_header(header), out]
+
+    def _record_t_f(self, model: str, t_f_us: float) -> None:
+        with self._t_f_lock:
+            dq = self._t_f.get(model)
+            if dq is None:
+                dq = self._t_f[model] = deque(maxlen=32)
+            dq.append(t_f_us)
+
+    def _t_f_medians(self) -> Dict[str, float]:
+        with self._t_f_lock:
+            return {m: round(statistics.median(v), 1) for m, v in self._t_f.items() if v}
+
+    @property
+    def model_names(self) -> List[str]:
+        return sorted(self._hashes)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
+    parser.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                        help="extra model directory (repeatable), on top of the shipped models")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="serve only this model (repeatable; default: all)")
+    parser.add_argument("--backend", choices=("onnx", "litert", "auto"), default="auto", help="runtime backend")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per model instance (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="worker threads, each with its own models (default 2)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests allowed to wait; beyond it the fog answers 'fog queue full' (default 64)")
+    parser.add_argument("--max-msg-bytes", type=int, default=DEFAULT_MAX_MSG_BYTES,
+                        help=f"ZMQ_MAXMSGSIZE: bigger messages drop the sender (default {DEFAULT_MAX_MSG_BYTES})")
+    parser.add_argument("--curve-secret-key", metavar="FILE",
+                        help="this node's CURVE secret certificate (from 'edged keys'); enables encryption")
+    parser.add_argument("--curve-authorized-dir", metavar="DIR",
+                        help="directory of client public certificates allowed to connect (with CURVE)")
+
+
+def main(args: argparse.Namespace) -> int:
+    server = FogServer(bind=args.bind, models_dirs=args.models_dir, backend=args.backend, threads=args.threads,
+                       workers=args.workers, max_queue=args.max_queue, max_msg_bytes=args.max_msg_bytes,
+                       curve_secret_key=args.curve_secret_key, curve_authorized_dir=args.curve_authorized_dir,
+                       models=args.model or None)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("fog: signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    endpoint = server.open()
+    ready = f"edged fog: serving {len(server.model_names)} models on {endpoint}"
+    print(ready, flush=True)
+    log.info("%s (%s; workers=%d threads=%d curve=%s)", ready, ", ".join(server.model_names), args.workers,
+             args.threads, "on" if args.curve_secret_key else "off")
+    server.serve_forever(stop)
+    log.info("fog: stopped (%s)", ", ".join(f"{k}={v}" for k, v in server.counts.items()))
+    return 0
