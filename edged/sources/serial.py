@@ -129,7 +129,8 @@ class SerialSource(Source):
                 waiting = port.in_waiting
                 data = port.read(min(max(1, waiting), READ_CHUNK))
             except Exception as exc:  # SerialException / OSError: the port went away
-                self._outage.down(f"reading {self.url}", exc)
+                if not stop.is_set():
+                    self._outage.down(f"reading {self.url}", exc)
                 return
             if data:
                 try:

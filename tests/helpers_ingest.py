@@ -1,0 +1,79 @@
+"""Shared helpers for the ingest tests: specs, a real pty pair, a collecting sink."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tty
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from edged.runtime.base import TensorSpec
+from edged.sources.sample import Sample
+
+SPECS: Dict[str, TensorSpec] = {
+    "mlp": TensorSpec("input", (None, 30), "float32", "NC"),
+    "cnn": TensorSpec("input", (None, 8, 8, 1), "float32", "NHWC"),
+    "counts": TensorSpec("input", (None, 4), "int16", "NC"),
+}
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll ``cond`` until true or ``timeout`` s; returns the last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+class Collector:
+    """A sink that keeps every sample (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.samples: List[Sample] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, sample: Sample) -> bool:
+        with self._lock:
+            self.samples.append(sample)
+        return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.samples)
+
+
+class PtyPair:
+    """A raw-mode pty: tests write to ``master``; the source opens ``path`` (the slave)."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+
+    def write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.master, view[:65536])
+            view = view[n:]
+
+    def writer_thread(self, chunks: List[bytes]) -> threading.Thread:
+        t = threading.Thread(target=lambda: [self.write_all(c) for c in chunks], daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def mlp_rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 30)).astype(np.float32)
