@@ -7,8 +7,8 @@ The daemon brackets work with an :class:`ActivityTracker`::
     tracker.end(token)
 
 and registers :meth:`PowerModel.observe` as a sampler listener. Each reading is attributed to the
-activity that filled the ``window_s`` before it (a reading taken while half local and half idle is
-ambiguous and skipped), and folded into an exponentially weighted mean per activity. The policy then
+activity running at that instant and filling the ``window_s`` before it (a reading whose window mixes
+activities is ambiguous and skipped), and folded into an exponentially weighted mean per activity. The policy then
 compares ``p_active_w × expected local time`` with ``p_radio_w × transfer time + p_idle_w × waiting
 time``. All powers are whole-board watts.
 """
@@ -70,6 +70,13 @@ class ActivityTracker:
                 counts[kind] += 1
             return counts
 
+    def running_at(self, t: float) -> Dict[str, bool]:
+        """Whether each activity was running at instant ``t``."""
+        with self._lock:
+            spans = [(a, b, k) for a, b, k in self._done if a <= t < b]
+            spans += [(a, float("inf"), k) for k, a in self._open.values() if a <= t]
+        return {kind: any(k == kind for _, _, k in spans) for kind in ACTIVITIES}
+
     def occupancy(self, t0: float, t1: float) -> Dict[str, float]:
         """Fraction (0..1) of [t0, t1] during which each activity ran (overlaps of one kind merged)."""
         span = t1 - t0
@@ -130,15 +137,20 @@ class PowerModel:
         self.skipped = 0
 
     def classify(self, t_mono: float) -> Optional[str]:
-        """'idle' | 'active' | 'radio' for a reading at ``t_mono``, or None when mixed."""
+        """'idle' | 'active' | 'radio' for a reading at ``t_mono``, or None when mixed.
+
+        The activity must be running at ``t_mono`` and fill ≥ ``purity`` of the window before it
+        while the other fills ≤ 1 - ``purity``; idle means nothing ran in the window at all.
+        """
         occ = self.tracker.occupancy(t_mono - self.window_s, t_mono)
+        now = self.tracker.running_at(t_mono)
         local, radio = occ["local"], occ["radio"]
         other = 1.0 - self.purity
-        if local <= 0.0 and radio <= 0.0:
+        if local <= 0.0 and radio <= 0.0 and not any(now.values()):
             return "idle"
-        if local >= self.purity and radio <= other:
+        if now["local"] and not now["radio"] and local >= self.purity and radio <= other:
             return "active"
-        if radio >= self.purity and local <= other:
+        if now["radio"] and not now["local"] and radio >= self.purity and local <= other:
             return "radio"
         return None
 
