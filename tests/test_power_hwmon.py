@@ -6,6 +6,7 @@ import json
 import logging
 import stat
 import time
+from typing import List
 
 import pytest
 
@@ -123,7 +124,7 @@ def test_sampler_records_carry_temperature_and_throttle(tmp_path):
     tool = _script(tmp_path / "vcgencmd", 'echo "throttled=0x0"\n')
     hw_root = str(tmp_path / "hwmon")
     ina219_hwmon(hw_root)
-    records = []
+    records: List[dict] = []
     src = HwmonSource(root=hw_root)
     src.open()
     sampler = PowerSampler(src, sink=records.append, thermal=ThermalReader(str(thermal_root), vcgencmd=tool))

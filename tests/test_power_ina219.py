@@ -6,6 +6,7 @@ import errno
 import logging
 import sys
 import time
+from typing import List
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_missing_library_names_the_extra(monkeypatch):
 
 @pytest.mark.timeout(30)
 def test_sampler_survives_a_bus_failure_and_recalibrates_a_reset_chip(chip):
-    records = []
+    records: List[dict] = []
     sampler = PowerSampler(INA219Source(shunt_ohms=0.1, max_expected_amps=2.0, busnum=1), rate_hz=50,
                            sink=records.append)
     sampler.start()

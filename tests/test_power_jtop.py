@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import List
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_every_rail_and_the_total_in_si_units(power, temps, rails, total_name, t
     assert reading.temp_c == temp_c  # hottest online sensor, PMIC's fixed value ignored
     if isinstance(power, dict):  # 4.x carries volts and amps (mV, mA → V, A)
         cpu = by_name["POM_5V_CPU"] if "POM_5V_CPU" in by_name else by_name["VDD_CPU_GPU_CV"]
-        assert cpu.volts is not None and 4.9 < cpu.volts < 5.1
+        assert cpu.volts is not None and cpu.amps is not None and 4.9 < cpu.volts < 5.1
         assert cpu.watts == pytest.approx(cpu.volts * cpu.amps, rel=1e-2)
     else:  # 3.x: milliwatts only
         assert all(r.volts is None and r.amps is None for r in reading.rails)
@@ -102,7 +103,7 @@ def test_missing_jetson_stats_names_the_extra(monkeypatch):
 def test_lost_service_reconnects_with_a_new_client(monkeypatch):
     monkeypatch.setattr("edged.power.jtop.MIN_JTOP_INTERVAL_S", 0.02)  # keep the test short
     service = FakeJtopService(POWER_4X_ORIN, TEMPS_4X)
-    records = []
+    records: List[dict] = []
     sampler = PowerSampler(_source(service, interval=0.02), rate_hz=50, sink=records.append)
     sampler.start()
     try:
