@@ -22,6 +22,7 @@ record, so ``decide(record["policy"], inputs_from_record(record))`` replays it e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -179,6 +180,8 @@ class Dispatcher:
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
             job.decision = Decision("local", f"decision failed: {exc}")
+        if job.decision.reason == "fog down" and sample.model in self._refused and self.breaker.is_up():
+            job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
         if job.decision.decision == "offload":
             self._offload(job)
         else:

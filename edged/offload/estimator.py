@@ -75,6 +75,7 @@ class LinkEstimator:
             self._link.append((now, float(bytes_out + bytes_in), transfer))
             self._queue.append((now, max(0.0, queue_us)))
             self._dirty = True
+            self._fit_line()  # eagerly, so a slope learned from varied sizes survives a window of one size
             self.observations += 1
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
