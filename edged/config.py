@@ -1,0 +1,412 @@
+"""The daemon's configuration: one TOML file -> typed, frozen objects.
+
+Every error names the file, the key path, the bad value and what is allowed;
+unknown keys are errors (a typo must fail loudly, not silently fall back to a
+default). ``edged check-config FILE`` prints every error at once and exits 1,
+and runs as the service's ``ExecStartPre=``.
+
+Environment overrides: ``EDGED_<SECTION>__<KEY>=value`` (double underscore
+between levels, case-insensitive), e.g. ``EDGED_FOG__ENDPOINT=tcp://10.0.0.2:5556``
+or ``EDGED_SOURCES__0__URL=/dev/ttyACM0``. Values are parsed as TOML values
+(``true``, ``3``, ``[1, 2]``), falling back to a plain string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from edged.errors import ConfigError
+
+try:
+    import tomllib  # type: ignore[import-not-found]
+except ImportError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+POLICY_NAMES = ("local", "offload", "threshold", "adaptive")
+OBJECTIVES = ("latency", "energy")
+QUEUE_POLICIES = ("block", "drop-oldest")
+BACKEND_NAMES = ("auto", "onnx", "litert")
+FRAMINGS = ("lines", "cobs")
+JOURNAL_MODES = ("auto", "on", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+POWER_KINDS = ("auto", "none", "ina219", "jtop", "hwmon")
+
+
+def _choices(*values: str) -> Dict[str, Any]:
+    return {"choices": values}
+
+
+def _min(v: float) -> Dict[str, Any]:
+    return {"min": v}
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: str = ""  # "" -> $STATE_DIRECTORY, else ~/.local/state/edged
+    profile_on_start: bool = True
+    profile_repeats: int = field(default=3, metadata=_min(1))
+    status_interval_s: float = field(default=2.0, metadata=_min(0.1))
+    shutdown_timeout_s: float = field(default=20.0, metadata=_min(0.5))
+    max_inputs: int = field(default=0, metadata=_min(0))  # stop after N decisions; 0 = run until signalled
+    watchdog: bool = True
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    dir: str = ""  # "" -> $LOGS_DIRECTORY, else <state_dir>/logs
+    max_bytes: int = field(default=50 * 1024 * 1024, metadata=_min(4096))
+    backups: int = field(default=5, metadata=_min(0))
+    journal: str = field(default="auto", metadata=_choices(*JOURNAL_MODES))
+    level: str = field(default="info", metadata=_choices(*LOG_LEVELS))
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    dirs: Tuple[str, ...] = ()
+    enabled: Tuple[str, ...] = ()  # () -> every model in the catalogue
+    backend: str = field(default="auto", metadata=_choices(*BACKEND_NAMES))
+    threads: int = field(default=1, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    size: int = field(default=1024, metadata=_min(1))
+    when_full: str = field(default="block", metadata=_choices(*QUEUE_POLICIES))
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    default: str = field(default="adaptive", metadata=_choices(*POLICY_NAMES))
+    objective: str = field(default="latency", metadata=_choices(*OBJECTIVES))
+    models: Mapping[str, str] = field(default_factory=dict, metadata={"values": POLICY_NAMES})
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    workers: int = field(default=1, metadata=_min(1))
+    max_queue: int = field(default=256, metadata=_min(1))
+
+
+@dataclass(frozen=True)
+class FogConfig:
+    enabled: bool = True
+    endpoint: str = "tcp://127.0.0.1:5556"
+    timeout_ms: float = field(default=500.0, metadata=_min(1))
+    breaker_failures: int = field(default=3, metadata=_min(1))
+    recovery_probes: int = field(default=2, metadata=_min(1))
+    probe_interval_s: float = field(default=0.5, metadata=_min(0.01))
+    curve_server_public_key: str = ""  # path of the fog's public key file ("" = no encryption)
+    curve_client_secret_key: str = ""  # path of this edge's .key_secret file
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    source: str = field(default="auto", metadata=_choices(*POWER_KINDS))
+    rate_hz: float = field(default=10.0, metadata=_min(0.01))
+    ina219: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "ina219"})
+    jtop: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "jtop"})
+    hwmon: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "hwmon"})
+
+
+@dataclass(frozen=True)
+class ZmqSourceConfig:
+    type: str = "zmq"
+    name: str = "zmq"
+    endpoint: str = "tcp://*:5555"
+    bind: bool = True
+    rcvhwm: int = field(default=1000, metadata=_min(1))
+    max_msg_bytes: int = field(default=4 * 1024 * 1024, metadata=_min(64))
+
+
+@dataclass(frozen=True)
+class SerialSourceConfig:
+    type: str = "serial"
+    name: str = ""
+    url: str = ""  # /dev/ttyUSB0, loop://, socket://host:port, spy://...
+    framing: str = field(default="lines", metadata=_choices(*FRAMINGS))
+    baudrate: int = field(default=115200, metadata=_min(50))
+    model: str = ""  # model for lines without a "name:" prefix
+    max_frame_bytes: int = field(default=65536, metadata=_min(16))
+
+
+SOURCE_TYPES = {"zmq": ZmqSourceConfig, "serial": SerialSourceConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = "<defaults>"
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    fog: FogConfig = field(default_factory=FogConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    sources: Tuple[Any, ...] = ()
+
+    def resolved_state_dir(self) -> Path:
+        from edged.profile import state_dir
+
+        return state_dir(self.daemon.state_dir or None)
+
+    def resolved_log_dir(self) -> Path:
+        if self.logs.dir:
+            return Path(self.logs.dir)
+        env = os.environ.get("LOGS_DIRECTORY")
+        if env:
+            return Path(env.split(":")[0])
+        return self.resolved_state_dir() / "logs"
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("path", "sources")}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Errors:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: List[str] = []
+
+    def add(self, key: str, value: Any, expected: str) -> None:
+        shown = repr(value) if not isinstance(value, dict) else "a table"
+        self.items.append(f"{self.path}: {key} = {shown}: expected {expected}")
+
+    def unknown(self, key: str, known: List[str]) -> None:
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(known))})"
+        self.items.append(f"{self.path}: {key}: unknown key{hint}")
+
+
+def _type_name(tp: str) -> str:
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+            "Tuple[str, ...]": "a list of strings", "Mapping[str, str]": "a table of strings",
+            "Mapping[str, Any]": "a table"}.get(tp, tp)
+
+
+def _coerce(value: Any, tp: str) -> Tuple[bool, Any]:
+    if tp == "str":
+        return isinstance(value, str), value
+    if tp == "bool":
+        return isinstance(value, bool), value
+    if tp == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp == "Tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return ok, tuple(value) if ok else value
+    if tp == "Mapping[str, str]":
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        return ok, dict(value) if ok else value
+    if tp == "Mapping[str, Any]":
+        return isinstance(value, dict), dict(value) if isinstance(value, dict) else value
+    raise AssertionError(f"unhandled config type {tp}")
+
+
+def _adapter_params(kind: str) -> Optional[List[str]]:
+    """Constructor keywords of a power adapter, so typos in [power.<kind>] fail check-config."""
+    try:
+        from edged.power.base import power_source_class
+
+        cls = power_source_class(kind)
+    except Exception:
+        return None
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n in params if n != "self"]
+
+
+def _build(cls: Any, raw: Any, prefix: str, errs: _Errors) -> Any:
+    if not isinstance(raw, dict):
+        errs.add(prefix, raw, "a table")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = list(fields)
+    kwargs: Dict[str, Any] = {}
+    for key, value in raw.items():
+        kp = f"{prefix}.{key}" if prefix else key
+        f = fields.get(key)
+        if f is None:
+            errs.unknown(kp, known)
+            continue
+        tp = str(f.type)
+        ok, val = _coerce(value, tp)
+        if not ok:
+            errs.add(kp, value, _type_name(tp))
+            continue
+        meta = f.metadata
+        if "choices" in meta and val not in meta["choices"]:
+            errs.add(kp, value, "one of " + ", ".join(repr(c) for c in meta["choices"]))
+            continue
+        if "min" in meta and val < meta["min"]:
+            errs.add(kp, value, f"a value >= {meta['min']}")
+            continue
+        if "values" in meta:
+            bad = {k: v for k, v in val.items() if v not in meta["values"]}
+            for k, v in bad.items():
+                errs.add(f"{kp}.{k}", v, "one of " + ", ".join(repr(c) for c in meta["values"]))
+            if bad:
+                continue
+        if "adapter" in meta:
+            params = _adapter_params(meta["adapter"])
+            if params is not None:
+                for k in val:
+                    if k not in params:
+                        errs.unknown(f"{kp}.{k}", params)
+        kwargs[key] = val
+    return cls(**kwargs)
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except Exception:
+        return text
+
+
+def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> List[str]:
+    """Apply EDGED_<SECTION>__<KEY> variables to the raw TOML dict; returns the keys overridden."""
+    applied = []
+    for var, text in sorted(environ.items()):
+        if not var.startswith("EDGED_") or "__" not in var:
+            continue
+        parts = [p.lower() for p in var[len("EDGED_"):].split("__")]
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise ConfigError(f"{var}: '{part}' must be an index into the list at {'.'.join(parts[:i])}")
+                idx = int(part)
+                while len(node) <= idx:
+                    node.append({})
+                node = node[idx]
+            else:
+                node = node.setdefault(part, [] if part == "sources" else {})
+        if isinstance(node, list):
+            raise ConfigError(f"{var}: name a key inside the list, e.g. EDGED_SOURCES__0__URL")
+        node[parts[-1]] = _parse_env_value(text)
+        applied.append(".".join(parts))
+    return applied
+
+
+def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: Optional[List[str]] = None
+                 ) -> Tuple[Config, List[str]]:
+    """Validate a raw TOML mapping; returns (config, errors). Never raises for bad values."""
+    errs = _Errors(path)
+    built: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "sources":
+            continue
+        if key not in SECTIONS:
+            errs.unknown(key, list(SECTIONS) + ["sources"])
+            continue
+        cls = SECTIONS[key].default_factory  # type: ignore[misc]
+        built[key] = _build(cls, value, key, errs)
+    sources: List[Any] = []
+    raw_sources = raw.get("sources", [])
+    if not isinstance(raw_sources, list):
+        errs.add("sources", raw_sources, "an array of tables: [[sources]]")
+        raw_sources = []
+    for i, s in enumerate(raw_sources):
+        kp = f"sources[{i}]"
+        if not isinstance(s, dict):
+            errs.add(kp, s, "a table")
+            continue
+        kind = s.get("type")
+        if kind not in SOURCE_TYPES:
+            errs.add(f"{kp}.type", kind, "one of " + ", ".join(repr(k) for k in SOURCE_TYPES))
+            continue
+        src = _build(SOURCE_TYPES[kind], s, kp, errs)
+        if kind == "serial" and not src.url:
+            errs.add(f"{kp}.url", src.url, "a serial port path or URL (/dev/ttyUSB0, loop://, socket://host:port)")
+        if kind == "serial" and not src.name:
+            src = dataclasses.replace(src, name=f"serial:{src.url}")
+        sources.append(src)
+    names = [s.name for s in sources]
+    for n in {n for n in names if names.count(n) > 1}:
+        errs.add("sources[].name", n, "a unique name per source (set name = \"...\" on each)")
+    cfg = Config(path=path, sources=tuple(sources), **built)
+    if known_models is not None:
+        for i, m in enumerate(cfg.models.enabled):
+            if m not in known_models:
+                errs.add(f"models.enabled[{i}]", m, "a model in the catalogue: " + ", ".join(known_models))
+        for m in cfg.policy.models:
+            if m not in known_models:
+                errs.add(f"policy.models.{m}", m, "a model in the catalogue: " + ", ".join(known_models))
+        for i, s in enumerate(cfg.sources):
+            if isinstance(s, SerialSourceConfig) and s.model and s.model not in known_models:
+                errs.add(f"sources[{i}].model", s.model, "a model in the catalogue: " + ", ".join(known_models))
+    return cfg, errs.items
+
+
+def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]] = None,
+                check_models: bool = True) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        raw: Dict[str, Any] = {}
+        shown = "<defaults>"
+    else:
+        shown = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{shown}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{shown}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{shown}: cannot read: {exc}") from None
+    apply_env_overrides(raw, env)
+    known = None
+    if check_models:
+        from edged.models import Catalogue
+
+        try:
+            extra = raw.get("models", {}).get("dirs", []) if isinstance(raw.get("models"), dict) else []
+            known = Catalogue.discover([d for d in extra if isinstance(d, str) and Path(d).is_dir()]).names()
+        except Exception:
+            known = None
+    cfg, errors = parse_config(raw, shown, known)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+# --------------------------------------------------------------------------- CLI: edged check-config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="the TOML config file to validate")
+    p.add_argument("--no-env", action="store_true", help="ignore EDGED_* environment overrides")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when the config is valid")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, environ={} if args.no_env else None)
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+        for line in lines:
+            print(line, file=sys.stderr)
+        print(f"edged check-config: {len(lines)} error(s)", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        srcs = ", ".join(f"{s.type}:{getattr(s, 'endpoint', '') or getattr(s, 'url', '')}" for s in cfg.sources)
+        print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; policy {cfg.policy.default}; "
+              f"fog {'on ' + cfg.fog.endpoint if cfg.fog.enabled else 'off'}; power {cfg.power.source})")
+    return 0

@@ -1,0 +1,88 @@
+"""systemd notification protocol (sd_notify): READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
+
+Uses systemd-python's ``systemd.daemon.notify`` when importable, else sends the
+datagram itself to ``$NOTIFY_SOCKET`` (a filesystem path, or an abstract
+socket written ``@name``). Without ``NOTIFY_SOCKET`` (not started by systemd)
+every call is a cheap no-op. Sending never raises: a failed notification must
+not take the daemon down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any, Callable, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+
+def _systemd_notify() -> Optional[Callable[[str], Any]]:
+    try:
+        from systemd import daemon  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return getattr(daemon, "notify", None)
+
+
+class Notifier:
+    """Sends sd_notify messages. ``enabled`` is False when there is no NOTIFY_SOCKET."""
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, prefer_systemd_python: bool = True) -> None:
+        env = os.environ if environ is None else environ
+        self.address = env.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(self.address)
+        self.watchdog_usec = 0
+        wd = env.get("WATCHDOG_USEC", "")
+        wd_pid = env.get("WATCHDOG_PID", "")
+        if wd.isdigit() and (not wd_pid or wd_pid == str(os.getpid())):
+            self.watchdog_usec = int(wd)
+        self._sd = _systemd_notify() if (prefer_systemd_python and self.enabled) else None
+        self.via = "systemd-python" if self._sd else ("socket" if self.enabled else "off")
+        self._sock: Optional[socket.socket] = None
+        self._warned = False
+
+    @property
+    def watchdog_interval_s(self) -> Optional[float]:
+        """How often to send WATCHDOG=1: half of WatchdogSec=, or None if the watchdog is off."""
+        return self.watchdog_usec / 2e6 if self.watchdog_usec else None
+
+    def _target(self) -> str:
+        return "\0" + self.address[1:] if self.address.startswith("@") else self.address
+
+    def notify(self, message: str) -> bool:
+        if not self.enabled:
+            return False
+        try:
+            if self._sd is not None:
+                return bool(self._sd(message))
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+            self._sock.sendto(message.encode(), self._target())
+            return True
+        except OSError as exc:
+            if not self._warned:
+                log.warning("sd_notify to %s failed: %s (further failures not logged)", self.address, exc)
+                self._warned = True
+            return False
+
+    def ready(self, status: str = "") -> bool:
+        return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str = "") -> bool:
+        return self.notify("STOPPING=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def reloading(self) -> bool:
+        return self.notify("RELOADING=1")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
