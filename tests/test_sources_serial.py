@@ -14,7 +14,7 @@ from typing import List, Optional
 import numpy as np
 import pytest
 
-from edged.sources.framing import build_body, build_cobs_frame, cobs_decode, cobs_encode, format_line
+from edged.sources.framing import FrameError, build_body, build_cobs_frame, cobs_decode, cobs_encode, format_line
 from edged.sources.serial import SerialSource
 from tests.helpers_ingest import SPECS, Collector, PtyPair, mlp_rows, wait_until
 
@@ -113,7 +113,7 @@ def test_every_rejection_reason_is_counted_once_and_valid_frames_survive() -> No
     nan = x.copy()
     nan[3] = np.nan
     cut = cobs_encode(build_body({"model": "mlp"}, x.tobytes()))[:-1]
-    with pytest.raises(Exception):
+    with pytest.raises(FrameError):
         cobs_decode(cut)
     bad_frames = {
         "bad_crc": _frame_from_body(build_body({"model": "mlp"}, x.tobytes())[:-4] + b"\x01\x02\x03\x04"),

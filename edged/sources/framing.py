@@ -301,6 +301,9 @@ def _is_float(token: bytes) -> bool:
 
 
 def format_line(values: Any, model: Optional[str] = None, precision: int = 9) -> bytes:
-    """One ``lines``-framed input: ``[model:]v1,v2,...\\n`` (``precision`` significant digits; 9 round-trips float32)."""
+    """One ``lines``-framed input: ``[model:]v1,v2,...\\n``.
+
+    ``precision`` is in significant digits; 9 round-trips float32 exactly.
+    """
     body = ",".join(f"{float(v):.{precision}g}" for v in values)
     return ((f"{model}:" if model else "") + body + "\n").encode("ascii")

@@ -107,10 +107,11 @@ class ReplaySource(Source):
                 i += 1
                 sent += 1
                 try:
-                    sample = sample_from_values(self.specs, self.model, row, self.name, self.next_local_seq(self.model))
+                    sample = sample_from_values(self.specs, self.model, row, self.name, -1)
                 except FrameError as err:
                     self.stats.count_rejected(err.reason, f"row {i - 1}: {err.detail}")
                     continue
+                sample.seq = self.next_local_seq(self.model)
                 self.deliver(sample, sink)
         finally:
             self.done.set()

@@ -162,13 +162,16 @@ class SerialSource(Source):
                 header["model"] = self.default_model
             seq = header_seq(header)
             model = header.get("model")
-            if seq is None:
-                seq = self.next_local_seq(str(model))
-            elif isinstance(model, str) and model in self.specs:
+            if seq is not None and isinstance(model, str) and model in self.specs:
                 self.stats.track_seq((str(header.get("sender", "")), model), seq)
-            return sample_from_payload(self.specs, header, payload, self.name, seq)
-        model, values = parse_line(segment)
-        model = model or self.default_model
-        if model is None:
+            sample = sample_from_payload(self.specs, header, payload, self.name, -1 if seq is None else seq)
+            if seq is None:  # numbered only once valid, so rejected inputs leave no holes
+                sample.seq = self.next_local_seq(sample.model)
+            return sample
+        name, values = parse_line(segment)
+        name = name or self.default_model
+        if name is None:
             raise FrameError("unknown_model", "line has no 'name:' prefix and the source has no default model")
-        return sample_from_values(self.specs, model, values, self.name, self.next_local_seq(model))
+        sample = sample_from_values(self.specs, name, values, self.name, -1)
+        sample.seq = self.next_local_seq(name)
+        return sample

@@ -145,8 +145,8 @@ class ZmqSource(Source):
         if len(frames) == 2:
             header = parse_header_json(frames[0])
             seq = self._seq(header)
-            return sample_from_payload(self.specs, header, frames[1], self.name, seq)
-        if len(frames) == 1:
+            sample = sample_from_payload(self.specs, header, frames[1], self.name, -1 if seq is None else seq)
+        elif len(frames) == 1:
             try:
                 msg: Any = json.loads(frames[0])
             except (ValueError, UnicodeDecodeError) as exc:
@@ -154,14 +154,21 @@ class ZmqSource(Source):
             if not isinstance(msg, dict) or "data" not in msg:
                 raise FrameError("bad_header", "one-frame message must be a JSON object with 'model' and 'data'")
             seq = self._seq(msg)
-            return sample_from_values(self.specs, msg.get("model"), msg["data"], self.name, seq, header=msg)
-        raise FrameError("bad_header", f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header, payload)")
+            sample = sample_from_values(
+                self.specs, msg.get("model"), msg["data"], self.name, -1 if seq is None else seq, header=msg
+            )
+        else:
+            raise FrameError("bad_header", f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header+payload)")
+        if seq is None:  # numbered only once valid, so rejected inputs leave no holes
+            sample.seq = self.next_local_seq(sample.model)
+        return sample
 
-    def _seq(self, header: Mapping[str, Any]) -> int:
+    def _seq(self, header: Mapping[str, Any]) -> Optional[int]:
+        """The sender's seq (tracked for gaps), or None when it sent none."""
         model = header.get("model")
         seq = header_seq(header)
         if seq is None:
-            return self.next_local_seq(str(model))
+            return None
         if isinstance(model, str) and model in self.specs:
             self.stats.track_seq((str(header.get("sender", "")), model), seq)
         return seq
