@@ -1,0 +1,420 @@
+"""``edged run``: wiring only. Builds the pieces from the config and runs the main loop.
+
+Threads::
+
+    source:<name> (one per source) --put--> IngestQueue --get--> router --submit--> Dispatcher
+        Dispatcher: local worker(s), fog I/O thread, probe thread --record--> decisions.jsonl
+    power sampler --record--> power.jsonl
+    main thread: signals, sd_notify (READY, STATUS, WATCHDOG, STOPPING), max_inputs
+
+Start-up: config -> catalogue -> local models -> profile (measured now if this device
+has none for a model, progress in STATUS=) -> logs -> power -> fog -> dispatcher ->
+queue -> router -> sources -> READY=1.
+
+Shutdown (SIGTERM and SIGINT take this one path): STOPPING=1; sources stop accepting;
+everything already accepted drains from the queue into the dispatcher; the
+dispatcher finishes or falls back every input (one decision line each); power stops;
+logs are flushed and closed; exit 0. SIGHUP reopens the log files (logrotate).
+
+The watchdog ping comes from the main loop and only while the router thread shows
+progress, so a hung main loop or a wedged pipeline stops the pings and systemd
+restarts the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, load_config
+from edged.errors import ConfigError, EdgedError
+from edged.notify import Notifier
+
+log = logging.getLogger("edged.daemon")
+
+
+class _JsonlFallback:
+    """Minimal line-atomic writer used only if edged.logs is unavailable."""
+
+    def __init__(self, path: Path, **_: Any) -> None:
+        import json
+
+        self._json = json
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    def write(self, record: Dict[str, Any]) -> None:
+        data = (self._json.dumps(record, separators=(",", ":"), default=repr) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, data)
+            self.lines += 1
+
+    def reopen(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def stats(self) -> Dict[str, Any]:
+        return {"lines": self.lines}
+
+
+def _writer(path: Path, cfg: Config) -> Any:
+    try:
+        from edged.logs import JsonlWriter
+    except ImportError:
+        return _JsonlFallback(path)
+    return JsonlWriter(path, max_bytes=cfg.logs.max_bytes, backups=cfg.logs.backups)
+
+
+class Daemon:
+    """One running edged. ``start()`` then ``run()`` (blocks until stopped) — or ``main()``."""
+
+    def __init__(self, cfg: Config, notifier: Optional[Notifier] = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self._sources_stop = threading.Event()
+        self._router_beat = time.monotonic()
+        self._router_thread: Optional[threading.Thread] = None
+        self._source_threads: List[threading.Thread] = []
+        self.sources: List[Any] = []
+        self.models: Dict[str, Any] = {}
+        self.dispatcher: Any = None
+        self.queue: Any = None
+        self.sampler: Any = None
+        self.fog: Any = None
+        self.decisions: Any = None
+        self.power_log: Any = None
+        self.started_mono = time.monotonic()
+        self.ready_after_s: Optional[float] = None
+        self.profile_rows: List[Dict[str, Any]] = []
+        self._hup = threading.Event()
+
+    # ------------------------------------------------------------------ start-up
+
+    def _status(self, text: str) -> None:
+        log.info("%s", text)
+        self.notifier.status(text)
+
+    def _load_models(self) -> Any:
+        from edged.models import Catalogue
+
+        cat = Catalogue.discover(self.cfg.models.dirs)
+        enabled = list(self.cfg.models.enabled) or cat.names()
+        if not enabled:
+            raise ConfigError(f"{self.cfg.path}: no models to serve (catalogue is empty)")
+        for name in enabled:
+            self._status(f"loading model {name}")
+            self.models[name] = cat.load(name, self.cfg.models.backend, threads=self.cfg.models.threads)
+        return cat
+
+    def _profile(self, cat: Any) -> Dict[str, Dict[str, float]]:
+        """WCET and p50 per model from the stored profile, measuring what is missing first."""
+        from edged.profile import load_profile, profile_one, store_results
+
+        sd = self.cfg.resolved_state_dir()
+        prof = load_profile(sd)
+        threads = self.cfg.models.threads
+        missing = [n for n, m in self.models.items()
+                   if prof is None or not prof.is_current(n, m.backend_name, threads, m.entry.model_hash)]
+        if missing and self.cfg.daemon.profile_on_start:
+            rows = []
+            for i, name in enumerate(missing, 1):
+                backend = self.models[name].backend_name
+                self._status(f"profiling {name}/{backend} ({i}/{len(missing)}): no stored WCET for this device")
+                rows.append(profile_one(cat, name, backend, threads, repeats=self.cfg.daemon.profile_repeats,
+                                        progress=self.notifier.status))
+            prof = store_results(rows, sd)
+            self.profile_rows = rows
+            log.info("profile stored in %s", prof.path)
+        elif missing:
+            log.warning("no stored WCET for %s on this device and profile_on_start = false: "
+                        "threshold decisions for them will run locally", ", ".join(missing))
+        wcet: Dict[str, float] = {}
+        p50: Dict[str, float] = {}
+        for name, m in self.models.items():
+            if prof is None:
+                continue
+            w = prof.wcet_us(name, m.backend_name, threads)
+            p = prof.p50_us(name, m.backend_name, threads)
+            if w is not None:
+                wcet[name] = w
+            if p is not None:
+                p50[name] = p
+        return {"wcet": wcet, "p50": p50}
+
+    def _power(self) -> Any:
+        from edged.power.base import make_power_source
+        from edged.power.energy import ActivityTracker, PowerModel
+        from edged.power.sampler import PowerSampler
+
+        pc = self.cfg.power
+        if pc.source == "none":
+            return None, None, None
+        if pc.source == "auto":
+            source = make_power_source("auto", ina219=dict(pc.ina219), jtop=dict(pc.jtop), hwmon=dict(pc.hwmon))
+        else:
+            source = make_power_source(pc.source, **dict(getattr(pc, pc.source)))
+        if getattr(source, "is_null", False) or source.name == "none":
+            return None, None, None
+        sampler = PowerSampler(source, rate_hz=pc.rate_hz, sink=self.power_log.write)
+        tracker = ActivityTracker()
+        model = PowerModel(tracker, window_s=max(0.05, sampler.interval_s))
+        sampler.add_listener(model.observe)
+        sampler.start()
+        return sampler, tracker, model
+
+    def _fog(self) -> Any:
+        fc = self.cfg.fog
+        if not fc.enabled:
+            return None
+        from edged.offload.fog_client import ZmqFogBackend
+
+        return ZmqFogBackend(fc.endpoint, curve_server_key=fc.curve_server_public_key or None,
+                             curve_client_key=fc.curve_client_secret_key or None)
+
+    def _build_sources(self, specs: Dict[str, Any]) -> List[Any]:
+        out: List[Any] = []
+        for sc in self.cfg.sources:
+            if isinstance(sc, ZmqSourceConfig):
+                from edged.sources.zmq import ZmqSource
+
+                out.append(ZmqSource(specs, endpoint=sc.endpoint, bind=sc.bind, rcvhwm=sc.rcvhwm,
+                                     max_msg_bytes=sc.max_msg_bytes, name=sc.name))
+            elif isinstance(sc, SerialSourceConfig):
+                from edged.sources.serial import SerialSource
+
+                out.append(SerialSource(specs, url=sc.url, framing=sc.framing, baudrate=sc.baudrate,
+                                        default_model=sc.model or None, max_frame_bytes=sc.max_frame_bytes,
+                                        name=sc.name))
+        return out
+
+    def start(self) -> None:
+        from edged.offload.dispatcher import Dispatcher
+        from edged.offload.fog_client import CircuitBreaker
+        from edged.sources.queue import IngestQueue
+
+        cfg = self.cfg
+        log_dir = cfg.resolved_log_dir()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._status("starting: loading models")
+        cat = self._load_models()
+        timing = self._profile(cat)
+        self.decisions = _writer(log_dir / "decisions.jsonl", cfg)
+        self.power_log = _writer(log_dir / "power.jsonl", cfg)
+        self.sampler, tracker, power_model = self._power()
+        self.fog = self._fog()
+        policies = {"*": cfg.policy.default, **dict(cfg.policy.models)}
+        breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
+                                 probe_interval_s=cfg.fog.probe_interval_s)
+        self.dispatcher = Dispatcher(
+            self.models, policies, sink=self.decisions.write, fog=self.fog, wcet_us=timing["wcet"],
+            objective=cfg.policy.objective, local_workers=cfg.local.workers, max_local_queue=cfg.local.max_queue,
+            fog_timeout_s=cfg.fog.timeout_ms / 1000.0,
+            energy_fn=self.sampler.energy_mj if self.sampler else None,
+            activity=tracker, power=power_model, breaker=breaker, local_exec_us=timing["p50"],
+            probe_interval_s=cfg.fog.probe_interval_s,
+        )
+        self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
+        self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)
+        self._router_thread.start()
+        specs = {n: m.entry.input for n, m in self.models.items()}
+        self.sources = self._build_sources(specs)
+        for src in self.sources:
+            self._source_threads.append(src.start(self._sink, self._sources_stop))
+        self.ready_after_s = time.monotonic() - self.started_mono
+        where = ", ".join(getattr(s, "endpoint", None) or getattr(s, "url", s.name) for s in self.sources) or "none"
+        msg = (f"ready in {self.ready_after_s:.2f}s: models {', '.join(self.models)}; sources {where}; "
+               f"fog {cfg.fog.endpoint if self.fog else 'off'}; logs {log_dir}")
+        log.info("%s", msg)
+        self.notifier.ready(msg)
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _sink(self, sample: Any) -> bool:
+        """Source -> queue. Under 'block' this waits for space (ZeroMQ RCVHWM backpressure) until the
+        queue is closed at shutdown; a refused or evicted sample gets a 'rejected' record via _on_drop."""
+        return bool(self.queue.put(sample, timeout=None))
+
+    def _on_drop(self, sample: Any, reason: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.record_rejected(sample, reason)
+
+    def _route(self) -> None:
+        q, d = self.queue, self.dispatcher
+        while True:
+            self._router_beat = time.monotonic()
+            sample = q.get(timeout=0.2)
+            if sample is None:
+                if q.closed and q.qsize() == 0:
+                    return
+                continue
+            try:
+                d.submit(sample)
+            except Exception as exc:  # the dispatcher records its own errors; this is a last resort
+                log.exception("router: submit failed for %s seq %s", getattr(sample, "model", "?"),
+                              getattr(sample, "seq", "?"))
+                try:
+                    d.record_rejected(sample, f"internal error: {exc}")
+                except Exception:
+                    pass
+
+    # ------------------------------------------------------------------ main loop
+
+    def status_line(self) -> str:
+        s = self.dispatcher.stats() if self.dispatcher else {}
+        c = s.get("counts", {})
+        qs = self.queue.qsize() if self.queue else 0
+        rejected = sum(sum(src.stats.snapshot().get("rejected", {}).values()) for src in self.sources)
+        fog = s.get("breaker", "off") if self.fog else "off"
+        power = ""
+        if self.sampler is not None:
+            w = self.sampler.latest_total_w()
+            power = f"; {w:.2f} W" if w is not None else ""
+        return (f"{sum(c.values())} decided (local {c.get('local', 0)}, offload {c.get('offload', 0)}, "
+                f"fallback {c.get('fallback', 0)}, rejected {c.get('rejected', 0)}); bad input {rejected}; "
+                f"queue {qs}; fog {fog}{power}")
+
+    def decided(self) -> int:
+        return int(sum(self.dispatcher.stats().get("counts", {}).values())) if self.dispatcher else 0
+
+    def tick(self) -> None:
+        """One main-loop iteration's housekeeping (status, SIGHUP reopen, max_inputs)."""
+        if self._hup.is_set():
+            self._hup.clear()
+            for w in (self.decisions, self.power_log):
+                if w is not None:
+                    w.reopen()
+            log.info("SIGHUP: log files reopened")
+        if self.cfg.daemon.max_inputs and self.decided() >= self.cfg.daemon.max_inputs:
+            log.info("max_inputs = %d reached; stopping", self.cfg.daemon.max_inputs)
+            self.stop_event.set()
+
+    def pipeline_alive(self) -> bool:
+        wd = self.notifier.watchdog_interval_s or 5.0
+        return time.monotonic() - self._router_beat < max(2 * wd, 1.0)
+
+    def run(self) -> None:
+        wd = self.notifier.watchdog_interval_s if self.cfg.daemon.watchdog else None
+        status_every = self.cfg.daemon.status_interval_s
+        step = min([x for x in (wd, status_every, 0.5) if x])
+        next_status = time.monotonic()
+        next_ping = time.monotonic()
+        while not self.stop_event.is_set():
+            self.tick()
+            now = time.monotonic()
+            if wd and now >= next_ping:
+                if self.pipeline_alive():
+                    self.notifier.watchdog()
+                else:
+                    log.error("router thread stalled for %.1fs: withholding the watchdog ping",
+                              now - self._router_beat)
+                next_ping = now + wd
+            if now >= next_status:
+                self.notifier.status(self.status_line())
+                next_status = now + status_every
+            self.stop_event.wait(step)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> bool:
+        """Stop accepting, drain, record every accepted input, flush. True if everything drained in time."""
+        deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout_s
+        self.notifier.stopping(f"stopping: {self.status_line()}")
+        log.info("stopping: no new inputs; draining %d queued", self.queue.qsize() if self.queue else 0)
+        self._sources_stop.set()
+        for t in self._source_threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        ok = True
+        if self.queue is not None:
+            self.queue.close()
+        if self._router_thread is not None:
+            self._router_thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            ok = ok and not self._router_thread.is_alive()
+        if self.dispatcher is not None:
+            ok = bool(self.dispatcher.close(timeout_s=max(0.5, deadline - time.monotonic()))) and ok
+        if self.fog is not None:
+            self.fog.close()
+        if self.sampler is not None:
+            self.sampler.close()
+        for m in self.models.values():
+            m.close()
+        final = self.status_line()
+        for w in (self.decisions, self.power_log):
+            if w is not None:
+                w.close()
+        log.info("stopped: %s", final)
+        return ok
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum: int, _frame: Any) -> None:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None,
+                   help="TOML config (default: built-in defaults: ZeroMQ source on tcp://*:5555, fog on loopback)")
+    p.add_argument("--log-dir", type=Path, default=None, help="override logs.dir")
+    p.add_argument("--state-dir", type=Path, default=None, help="override daemon.state_dir")
+    p.add_argument("--max-inputs", type=int, default=None, help="stop after this many decisions (0 = never)")
+
+
+def _configure_logging(cfg: Config) -> None:
+    level = getattr(logging, cfg.logs.level.upper(), logging.INFO)
+    try:
+        from edged.logs import setup_logging
+    except ImportError:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        return
+    setup_logging(level, journal=cfg.logs.journal, identifier="edged")
+
+
+def main(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    cfg = load_config(args.config)
+    if args.log_dir is not None:
+        cfg = dataclasses.replace(cfg, logs=dataclasses.replace(cfg.logs, dir=str(args.log_dir)))
+    if args.state_dir is not None:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, state_dir=str(args.state_dir)))
+    if args.max_inputs is not None:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, max_inputs=args.max_inputs))
+    if not cfg.sources:
+        cfg = dataclasses.replace(cfg, sources=(ZmqSourceConfig(),))
+    _configure_logging(cfg)
+    d = Daemon(cfg)
+    d.install_signal_handlers()
+    try:
+        d.start()
+    except EdgedError:
+        d.stop_event.set()
+        d.shutdown()
+        raise
+    try:
+        d.run()
+    finally:
+        ok = d.shutdown()
+    return 0 if ok else 1
