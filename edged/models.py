@@ -31,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -329,7 +329,7 @@ class Catalogue:
         self.errors: Dict[str, str] = dict(errors or {})
 
     @classmethod
-    def discover(cls, extra_dirs: Optional[Iterable[os.PathLike]] = None, include_shipped: bool = True,
+    def discover(cls, extra_dirs: Optional[Iterable[Union[str, os.PathLike]]] = None, include_shipped: bool = True,
                  strict: bool = False) -> Catalogue:
         roots: List[Path] = [shipped_models_dir()] if include_shipped else []
         roots += [Path(d) for d in (extra_dirs or [])]

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def _systemd_notify() -> Optional[Callable[[str], Any]]:
     try:
-        from systemd import daemon  # type: ignore[import-not-found]
+        from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
     except ImportError:
         return None
     return getattr(daemon, "notify", None)

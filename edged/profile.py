@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,7 +43,7 @@ SYNTHETIC_INPUTS = 256  # when a user model ships no validation set
 # --------------------------------------------------------------------------- device fingerprint
 
 
-def state_dir(explicit: Optional[os.PathLike] = None) -> Path:
+def state_dir(explicit: Optional[Union[str, os.PathLike]] = None) -> Path:
     """``explicit``, else ``$STATE_DIRECTORY`` (systemd StateDirectory=), else ``~/.local/state/edged``."""
     if explicit:
         return Path(explicit)
@@ -184,7 +184,7 @@ def validation_inputs(entry: ModelEntry) -> tuple[np.ndarray, Optional[np.ndarra
 
 
 def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: int = 3, warmup: int = 20,
-                progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+                progress: Optional[Callable[[str], object]] = None) -> Dict[str, Any]:
     """Measure one model x backend x threads. Times are µs per single input (batch of 1)."""
     say = progress or (lambda _m: None)
     entry = cat.get(name)
