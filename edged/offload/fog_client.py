@@ -209,6 +209,7 @@ class ZmqFogBackend(FogBackend):
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFF:x}-"
         self._pending: Dict[str, _Request] = {}
+        self._deferred: List[_Request] = []
         self._stop = threading.Event()
         self._closed = False
         self.connected = False
@@ -305,7 +306,7 @@ class ZmqFogBackend(FogBackend):
                 poller.register(self._wake_r, zmq.POLLIN)
                 now = time.monotonic()
                 next_deadline = min((r.deadline for r in self._pending.values()), default=now + 0.1)
-                wait_ms = max(0, min(100, int((next_deadline - now) * 1000) + 1))
+                wait_ms = 10 if self._deferred else max(0, min(100, int((next_deadline - now) * 1000) + 1))
                 events = dict(poller.poll(wait_ms))
                 if self._wake_r in events:
                     try:
@@ -332,6 +333,8 @@ class ZmqFogBackend(FogBackend):
         finally:
             self._closed = True
             self._fail_all(FogUnavailable("fog client is closed"))
+            for req in self._deferred:
+                self._resolve_exc(req, FogUnavailable("fog client is closed"))
             while True:
                 try:
                     req = self._outbox.get_nowait()
@@ -358,25 +361,35 @@ class ZmqFogBackend(FogBackend):
                 self._fail_all(FogUnavailable(f"connection to fog {self.endpoint} lost"))
 
     def _send_outbox(self, sock: zmq.Socket) -> None:
+        deferred, self._deferred = self._deferred, []
+        for req in deferred:
+            self._send(sock, req, fresh=False)
         while True:
             try:
                 req = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            now = time.monotonic()
-            req.t_sent = now
+            self._send(sock, req, fresh=True)
+
+    def _send(self, sock: zmq.Socket, req: _Request, fresh: bool) -> None:
+        now = time.monotonic()
+        if fresh:
             req.deadline = now + req.timeout_s
             req.bytes_out = frames_size(req.frames)
-            try:
-                sock.send_multipart(req.frames, zmq.NOBLOCK)
-            except zmq.Again:
+        req.t_sent = now
+        try:
+            sock.send_multipart(req.frames, zmq.NOBLOCK)
+        except zmq.Again:
+            if req.kind == "ping" and now < req.deadline:
+                self._deferred.append(req)  # a probe waits for the connection, up to its timeout
+            else:
                 self._resolve_exc(req, FogUnavailable(f"no connection to fog {self.endpoint}"))
-                continue
-            except zmq.ZMQError as exc:
-                self._resolve_exc(req, FogUnavailable(f"send to fog {self.endpoint} failed: {exc}"))
-                continue
-            self.counts["sent"] += 1
-            self._pending[req.rid] = req
+            return
+        except zmq.ZMQError as exc:
+            self._resolve_exc(req, FogUnavailable(f"send to fog {self.endpoint} failed: {exc}"))
+            return
+        self.counts["sent"] += 1
+        self._pending[req.rid] = req
 
     def _drain_replies(self, sock: zmq.Socket) -> bool:
         got_any = False
