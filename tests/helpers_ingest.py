@@ -77,3 +77,40 @@ class PtyPair:
 
 def mlp_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 30)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- docs/protocol.md examples
+
+
+def hexdump(data: bytes) -> str:
+    """``offset  hex bytes  |ascii|`` lines, 16 bytes per line (as in docs/protocol.md)."""
+    out = []
+    for i in range(0, len(data), 16):
+        chunk = data[i : i + 16]
+        hexes = " ".join(f"{c:02x}" for c in chunk).ljust(47)
+        text = "".join(chr(c) if 32 <= c < 127 else "." for c in chunk)
+        out.append(f"{i:04x}  {hexes}  |{text}|")
+    return "\n".join(out)
+
+
+def protocol_examples() -> Dict[str, str]:
+    """Every worked example of docs/protocol.md, computed by the real encoder."""
+    import json as _json
+    import zlib as _zlib
+
+    from edged.sources.framing import build_body, build_cobs_frame, cobs_encode, format_line
+
+    x = np.array([1.0, -2.5, 0.0], dtype=np.float32)
+    header = {"model": "demo", "seq": 7}
+    head = _json.dumps(header, separators=(",", ":")).encode()
+    body = build_body(header, x.tobytes())
+    return {
+        "zmq-header": hexdump(head),
+        "zmq-payload": hexdump(x.tobytes()),
+        "zmq-json": _json.dumps({"model": "demo", "seq": 7, "data": x.tolist()}),
+        "lines": format_line(x, "demo").decode().rstrip("\n"),
+        "cobs-body": hexdump(body),
+        "cobs-crc": f"0x{_zlib.crc32(body[:-4]):08x}",
+        "cobs-frame": hexdump(build_cobs_frame(header, x.tobytes())),
+        "cobs-long": hexdump(cobs_encode(b"\x11" * 300)[:4]) + "  ...  (254 x 0x11, then 0x2f, 46 x 0x11)",
+    }
