@@ -194,3 +194,14 @@ def test_breaker_trips_after_k_failures_and_recovers_after_m_probes() -> None:
     br.record_probe(True)
     assert br.is_up()
     assert br.snapshot()["transitions"] == 2
+
+
+def test_link_estimator_follows_a_lasting_change_within_a_few_round_trips() -> None:
+    clock = FakeClock()
+    est = LinkEstimator(window=64, change_window=4, clock=clock)
+    _feed(est, 1000, 10_000_000, [400, 8600] * 30)
+    _feed(est, 1000, 10_000_000, [400], outlier_every=1)  # one stall: ignored
+    assert (est.t_l_us(400) or 0) < 2000
+    _feed(est, 40_000, 10_000_000, [400, 8600, 400, 8600])  # the link got slow and stays slow
+    assert (est.t_l_us(400) or 0) > 30_000
+    assert est.changes == 1

@@ -41,12 +41,18 @@ class LinkEstimator:
         stale_after_s: :meth:`is_stale` turns true when no link observation is newer than this.
         t_f_quantile: quantile of recent fog-reported T_F used as the estimate (0.5 = median).
         queue_max_age_s: fog queue reports older than this are ignored (queue assumed empty).
+        change_window: this many consecutive observations all far off the fit mean the link changed:
+            the older observations are dropped (0 disables).
+        change_ratio: "far off" = more than this factor above or below the fit (and 500 µs).
         clock: monotonic clock in seconds (injectable for tests).
     """
 
     def __init__(self, window: int = 64, max_age_s: float = 60.0, stale_after_s: float = 1.0,
-                 t_f_quantile: float = 0.5, queue_max_age_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 t_f_quantile: float = 0.5, queue_max_age_s: float = 2.0, change_window: int = 4,
+                 change_ratio: float = 1.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.change_window = change_window
+        self.change_ratio = change_ratio
+        self.changes = 0
         self.window = window
         self.max_age_s = max_age_s
         self.stale_after_s = stale_after_s
@@ -76,6 +82,7 @@ class LinkEstimator:
             self._queue.append((now, max(0.0, queue_us)))
             self._dirty = True
             self._fit_line()  # eagerly, so a slope learned from varied sizes survives a window of one size
+            self._detect_change()
             self.observations += 1
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
@@ -105,6 +112,29 @@ class LinkEstimator:
         for dq in self._t_f.values():
             while dq and dq[0][0] < cutoff:
                 dq.popleft()
+
+    def _detect_change(self) -> None:
+        """Forget the older window when the link changed (the last ``change_window`` observations are
+        *all* off the fit by more than ``change_ratio`` and 500 µs): a median over the full window
+        would take half a window of bad round trips to move, which costs real inputs. A lone
+        outlier cannot trigger this; a lasting change is followed within ``change_window``
+        observations."""
+        k = self.change_window
+        if k <= 0 or len(self._link) < 2 * k or self._fit is None:
+            return
+        intercept, slope = self._fit
+        recent = list(self._link)[-k:]
+        ratios = []
+        for _, b, t in recent:
+            pred = intercept + slope * b
+            if abs(t - pred) < 500.0:
+                return
+            ratios.append(t / max(pred, 1.0))
+        if all(r > self.change_ratio for r in ratios) or all(r < 1.0 / self.change_ratio for r in ratios):
+            self._link = deque(recent, maxlen=self.window)
+            self._dirty = True
+            self.changes += 1
+            self._fit_line()
 
     def _fit_line(self) -> Optional[Tuple[float, float]]:
         if not self._dirty:
@@ -193,6 +223,7 @@ class LinkEstimator:
             "fog_queue_us": round(self.fog_queue_us(), 1),
             "age_s": None if age is None else round(age, 3),
             "observations": self.observations,
+            "changes": self.changes,
         }
 
 
