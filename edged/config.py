@@ -184,8 +184,10 @@ class _Errors:
 
     def unknown(self, key: str, known: List[str]) -> None:
         leaf = key.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(known))})"
+        close = [k for k in known if k.startswith(leaf) or leaf.startswith(k)][:2]
+        close = close or difflib.get_close_matches(leaf, known, n=1)
+        hint = (" (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)" if close
+                else f" (known keys: {', '.join(sorted(known))})")
         self.items.append(f"{self.path}: {key}: unknown key{hint}")
 
 

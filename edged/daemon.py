@@ -278,10 +278,10 @@ class Daemon:
 
     def status_line(self) -> str:
         s = self.dispatcher.stats() if self.dispatcher else {}
-        c = s.get("counts", {})
+        c = s.get("decisions", {})
         qs = self.queue.qsize() if self.queue else 0
         rejected = sum(sum(src.stats.snapshot().get("rejected", {}).values()) for src in self.sources)
-        fog = s.get("breaker", "off") if self.fog else "off"
+        fog = (s.get("fog") or "off") if self.fog else "off"
         power = ""
         if self.sampler is not None:
             w = self.sampler.latest_total_w()
@@ -291,7 +291,7 @@ class Daemon:
                 f"queue {qs}; fog {fog}{power}")
 
     def decided(self) -> int:
-        return int(sum(self.dispatcher.stats().get("counts", {}).values())) if self.dispatcher else 0
+        return int(sum(self.dispatcher.stats().get("decisions", {}).values())) if self.dispatcher else 0
 
     def tick(self) -> None:
         """One main-loop iteration's housekeeping (status, SIGHUP reopen, max_inputs)."""
@@ -358,7 +358,10 @@ class Daemon:
         for w in (self.decisions, self.power_log):
             if w is not None:
                 w.close()
-        log.info("stopped: %s", final)
+        accepted = sum(int(src.stats.snapshot()["accepted"]) for src in self.sources)
+        log.info("stopped: accepted %d, decided %d: %s", accepted, self.decided(), final)
+        for src in self.sources:
+            log.info("source %s: %s", src.name, src.stats.snapshot())
         return ok
 
     def install_signal_handlers(self) -> None:

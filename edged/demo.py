@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import Any, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 EDGED = [sys.executable, "-m", "edged"]
@@ -81,9 +81,9 @@ class Procs:
     def __init__(self) -> None:
         self.items: List[subprocess.Popen] = []
 
-    def start(self, args: List[str], stdout: Optional[IO] = None, **kw: object) -> subprocess.Popen:
+    def start(self, args: List[str], stdout: Any = None, **kw: Any) -> subprocess.Popen:
         p = subprocess.Popen(args, stdout=stdout if stdout is not None else subprocess.PIPE,
-                             stderr=kw.pop("stderr", subprocess.STDOUT), text=True, cwd=str(REPO), **kw)  # type: ignore
+                             stderr=kw.pop("stderr", subprocess.STDOUT), text=True, cwd=str(REPO), **kw)
         self.items.append(p)
         return p
 
@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = run_dir / "edged.toml"
         write_config(cfg, run_dir, zmq_port, fog_port, serial_path)
         say(f"starting the daemon: edged run --config {cfg.relative_to(REPO) if cfg.is_relative_to(REPO) else cfg}")
-        daemon_log = open(run_dir / "daemon.log", "w")
+        daemon_log = open(run_dir / "daemon.log", "w")  # noqa: SIM115 - the daemon child writes it until the end
         daemon = procs.start(EDGED + ["run", "--config", str(cfg)], stdout=daemon_log)
         wait_for_file_text(run_dir / "daemon.log", "ready in", 120, daemon, "edged run")
         for line in (run_dir / "daemon.log").read_text().splitlines():
