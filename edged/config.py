@@ -73,6 +73,7 @@ class ModelsConfig:
     dirs: Tuple[str, ...] = ()
     enabled: Tuple[str, ...] = ()  # () -> every model in the catalogue
     backend: str = field(default="auto", metadata=_choices(*BACKEND_NAMES))
+    backends: Mapping[str, str] = field(default_factory=dict, metadata={"values": BACKEND_NAMES})  # per model
     threads: int = field(default=1, metadata=_min(1))
 
 
@@ -349,6 +350,9 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
         for m in cfg.policy.models:
             if m not in known_models:
                 errs.add(f"policy.models.{m}", m, "a model in the catalogue: " + ", ".join(known_models))
+        for m in cfg.models.backends:
+            if m not in known_models:
+                errs.add(f"models.backends.{m}", m, "a model in the catalogue: " + ", ".join(known_models))
         for i, s in enumerate(cfg.sources):
             if isinstance(s, SerialSourceConfig) and s.model and s.model not in known_models:
                 errs.add(f"sources[{i}].model", s.model, "a model in the catalogue: " + ", ".join(known_models))

@@ -120,7 +120,8 @@ class Daemon:
             raise ConfigError(f"{self.cfg.path}: no models to serve (catalogue is empty)")
         for name in enabled:
             self._status(f"loading model {name}")
-            self.models[name] = cat.load(name, self.cfg.models.backend, threads=self.cfg.models.threads)
+            backend = self.cfg.models.backends.get(name, self.cfg.models.backend)
+            self.models[name] = cat.load(name, backend, threads=self.cfg.models.threads)
         return cat
 
     def _profile(self, cat: Any) -> Dict[str, Dict[str, float]]:

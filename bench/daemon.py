@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""End-to-end daemon benchmark: ZeroMQ in -> decision line written, against the bare runtime loop.
+
+Runs the real ``edged run`` as a subprocess (policy ``local``, fog off, power off) and a
+sender subprocess pushing validation inputs as fast as the daemon takes them (block policy:
+ZeroMQ backpressure). For each model it reports inputs/s (first to last decision line),
+latency p50/p99 (arrival -> result, from the records) and the bare runtime loop's inputs/s
+measured in the same run. Then a mixed run of 100 000 inputs with both runtimes loaded
+(MLP on ONNX Runtime, CNN on LiteRT) samples the daemon's RSS at 10 000 and 100 000 inputs,
+and a restart measures start-up to READY=1 (sd_notify datagram) with the profile cached.
+Prints a table; writes bench/results/daemon.json.
+Targets: MLP >= 25 000 inputs/s and >= 50 % of the bare loop; RSS <= 120 MB and flat; READY <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+OUT = REPO / "bench" / "results" / "daemon.json"
+
+SENDER = r"""
+import json, sys, time, zmq, numpy as np
+port, model, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+models = model.split(",")
+xs = {m: np.load(f"{sys.argv[4]}/{m}/validation.npz")["x"] for m in models}
+hdrs = {m: [json.dumps({"model": m, "seq": i, "shape": list(xs[m].shape[1:])}).encode() for i in range(1)] for m in models}
+ctx = zmq.Context(); s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 10000); s.connect(f"tcp://127.0.0.1:{port}")
+rows = {m: [x.tobytes() for x in xs[m]] for m in models}
+t0 = time.perf_counter()
+for i in range(n):
+    m = models[i % len(models)]
+    r = rows[m]
+    s.send_multipart([b'{"model":"%s","seq":%d}' % (m.encode(), i), r[i % len(r)]])
+s.close(linger=-1); ctx.term()
+print(json.dumps({"sent": n, "send_s": time.perf_counter() - t0}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(pid: int) -> Dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def write_config(d: Path, port: int, backends: Dict[str, str]) -> Path:
+    cfg = d / "edged.toml"
+    be = "\n".join(f'{k} = "{v}"' for k, v in backends.items())
+    cfg.write_text(f"""
+[daemon]
+state_dir = "{d / 'state'}"
+status_interval_s = 1.0
+shutdown_timeout_s = 60
+[logs]
+dir = "{d / 'logs'}"
+journal = "off"
+level = "warning"
+[models]
+threads = 1
+[models.backends]
+{be}
+[queue]
+size = 4096
+when_full = "block"
+[local]
+workers = 1
+max_queue = 1024
+[policy]
+default = "local"
+[fog]
+enabled = false
+[power]
+source = "none"
+[[sources]]
+type = "zmq"
+endpoint = "tcp://127.0.0.1:{port}"
+rcvhwm = 10000
+""")
+    return cfg
+
+
+class Daemon:
+    def __init__(self, cfg: Path, notify_path: str) -> None:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(notify_path)
+        self.notify.settimeout(0.05)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        self.t_start = time.monotonic()
+        self.log = open(cfg.parent / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.notify.recv(4096).decode()
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("daemon exited before READY")
+                continue
+            if "READY=1" in msg:
+                return time.monotonic() - self.t_start
+        raise RuntimeError("no READY=1")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+        self.notify.close()
+        self.log.close()
+
+
+def send(port: int, models: str, n: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SENDER, str(port), models, str(n), str(REPO / "models")],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def wait_lines(path: Path, n: int, timeout: float, on_progress: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = count_lines(path)
+        if on_progress:
+            on_progress(c)
+        if c >= n:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"only {count_lines(path)} of {n} decision lines after {timeout}s")
+
+
+def records(path: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def bare_loop(model: str, backend: str, n: int) -> float:
+    """Inputs/s of the bare runtime API over the validation set (one input per call)."""
+    from edged.models import Catalogue
+
+    cat = Catalogue.discover()
+    x, _ = cat.get(model).load_validation()
+    m = cat.load(model, backend)
+    perm = m._perm
+    xs = [np.ascontiguousarray(r[np.newaxis].transpose(perm)) if perm else r[np.newaxis] for r in x]
+    be = m.backend
+    if backend == "onnx":
+        sess, names, iname = be._sess, be._out_names, be.input_spec.name
+        t0 = time.perf_counter()
+        for i in range(n):
+            sess.run(names, {iname: xs[i % len(xs)]})
+    else:
+        it, i_in, i_out = be._it, be._in_index, be._out_index
+        t0 = time.perf_counter()
+        for i in range(n):
+            it.set_tensor(i_in, xs[i % len(xs)])
+            it.invoke()
+            it.get_tensor(i_out)
+    return n / (time.perf_counter() - t0)
+
+
+def throughput_run(work: Path, model: str, backend: str, n: int) -> Dict[str, Any]:
+    d = work / f"tp-{model}-{backend}"
+    d.mkdir()
+    port = free_port()
+    cfg = write_config(d, port, {model: backend, **({"cnn": "onnx"} if model == "mlp" else {"mlp": "onnx"})})
+    dm = Daemon(cfg, str(d / "n.sock"))
+    dm.wait_ready()
+    s = send(port, model, n)
+    wait_lines(d / "logs" / "decisions.jsonl", n, timeout=600)
+    s.wait()
+    dm.stop()
+    recs = [r for r in records(d / "logs" / "decisions.jsonl") if r["model"] == model]
+    ts = [r["ts"] for r in recs]
+    lat = sorted(r["latency_us"] for r in recs)
+    return {
+        "model": model, "backend": backend, "inputs": len(recs),
+        "inputs_per_s": len(recs) / (max(ts) - min(ts)),
+        "latency_p50_us": statistics.median(lat), "latency_p99_us": float(np.percentile(lat, 99)),
+        "decisions": sorted({r["decision"] for r in recs}),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", type=int, default=50000, help="inputs per throughput run (default 50000)")
+    ap.add_argument("--soak", type=int, default=100000, help="inputs in the RSS run (default 100000)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edged-bench-daemon-"))
+    rows = []
+    try:
+        for model, backend in (("mlp", "onnx"), ("cnn", "onnx"), ("mlp", "litert"), ("cnn", "litert")):
+            print(f"throughput {model}/{backend} ...", file=sys.stderr, flush=True)
+            r = throughput_run(work, model, backend, args.inputs)
+            r["bare_inputs_per_s"] = bare_loop(model, backend, args.inputs)
+            r["share_of_bare"] = r["inputs_per_s"] / r["bare_inputs_per_s"]
+            rows.append(r)
+
+        print(f"soak: {args.soak} mixed inputs, MLP on onnx + CNN on litert ...", file=sys.stderr, flush=True)
+        d = work / "soak"
+        d.mkdir()
+        port = free_port()
+        cfg = write_config(d, port, {"mlp": "onnx", "cnn": "litert"})
+        dm = Daemon(cfg, str(d / "n.sock"))
+        ready_first = dm.wait_ready()
+        rss: Dict[int, Dict[str, int]] = {}
+        marks = [1000, 10000, 50000, args.soak]
+
+        def progress(c: int) -> None:
+            for m in marks:
+                if c >= m and m not in rss:
+                    rss[m] = rss_kb(dm.proc.pid)
+
+        s = send(port, "mlp,cnn", args.soak)
+        wait_lines(d / "logs" / "decisions.jsonl", args.soak, timeout=900, on_progress=progress)
+        s.wait()
+        rss[args.soak] = rss_kb(dm.proc.pid)
+        dm.stop()
+        # restart with the cached profile: start-up to READY=1
+        readies = []
+        for i in range(3):
+            sock = str(d / f"n{i}.sock")
+            dm2 = Daemon(cfg, sock)
+            readies.append(dm2.wait_ready())
+            dm2.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    hdr = f"{'model':<5} {'backend':<7} {'inputs/s':>10} {'bare/s':>10} {'share':>6} {'lat p50 us':>11} {'p99 us':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['model']:<5} {r['backend']:<7} {r['inputs_per_s']:>10.0f} {r['bare_inputs_per_s']:>10.0f} "
+              f"{r['share_of_bare']:>6.2f} {r['latency_p50_us']:>11.0f} {r['latency_p99_us']:>9.0f}")
+    r10 = rss.get(10000, {}).get("VmRSS", 0) / 1024
+    r100 = rss[args.soak]["VmRSS"] / 1024
+    peak = rss[args.soak]["VmHWM"] / 1024
+    marks_txt = ", ".join(f"{k}: {v['VmRSS'] / 1024:.1f} MB" for k, v in sorted(rss.items()))
+    print(f"\nRSS (MLP on onnx + CNN on litert): {marks_txt}; "
+          f"peak {peak:.1f} MB; growth 10k->{args.soak // 1000}k {r100 - r10:+.1f} MB")
+    print(f"start-up to READY=1: first (profiling) {ready_first:.2f} s; cached profile "
+          f"{', '.join(f'{x:.2f}' for x in readies)} s (median {statistics.median(readies):.2f} s)")
+    mlp_best = max(r["inputs_per_s"] for r in rows if r["model"] == "mlp")
+    mlp_share = max(r["share_of_bare"] for r in rows if r["model"] == "mlp")
+    verdict = {
+        "mlp_25k_per_s": mlp_best >= 25000, "mlp_half_of_bare": mlp_share >= 0.5,
+        "rss_le_120mb": peak <= 120, "rss_flat_lt_5mb": (r100 - r10) < 5, "ready_le_3s": statistics.median(readies) <= 3,
+    }
+    print("targets: " + ", ".join(f"{k} {'MET' if v else 'MISSED'}" for k, v in verdict.items()))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({
+        "machine": platform.machine(), "python": platform.python_version(), "cores": os.cpu_count(),
+        "throughput": rows, "rss_kb": {str(k): v for k, v in rss.items()}, "rss_growth_mb": r100 - r10,
+        "peak_rss_mb": peak, "ready_first_s": ready_first, "ready_cached_s": readies, "targets": verdict,
+    }, indent=2) + "\n")
+    print(f"wrote {OUT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
