@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -39,7 +39,6 @@ import json, sys, time, zmq, numpy as np
 port, model, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 models = model.split(",")
 xs = {m: np.load(f"{sys.argv[4]}/{m}/validation.npz")["x"] for m in models}
-hdrs = {m: [json.dumps({"model": m, "seq": i, "shape": list(xs[m].shape[1:])}).encode() for i in range(1)] for m in models}
 ctx = zmq.Context(); s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 10000); s.connect(f"tcp://127.0.0.1:{port}")
 rows = {m: [x.tobytes() for x in xs[m]] for m in models}
 t0 = time.perf_counter()
@@ -118,7 +117,7 @@ class Daemon:
         self.notify.settimeout(0.05)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.t_start = time.monotonic()
-        self.log = open(cfg.parent / "daemon.log", "ab")
+        self.log = open(cfg.parent / "daemon.log", "ab")  # noqa: SIM115 - held by the child until stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
 
@@ -129,7 +128,7 @@ class Daemon:
                 msg = self.notify.recv(4096).decode()
             except socket.timeout:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("daemon exited before READY")
+                    raise RuntimeError("daemon exited before READY") from None
                 continue
             if "READY=1" in msg:
                 return time.monotonic() - self.t_start
@@ -273,7 +272,8 @@ def main() -> int:
     mlp_share = max(r["share_of_bare"] for r in rows if r["model"] == "mlp")
     verdict = {
         "mlp_25k_per_s": mlp_best >= 25000, "mlp_half_of_bare": mlp_share >= 0.5,
-        "rss_le_120mb": peak <= 120, "rss_flat_lt_5mb": (r100 - r10) < 5, "ready_le_3s": statistics.median(readies) <= 3,
+        "rss_le_120mb": peak <= 120, "rss_flat_lt_5mb": (r100 - r10) < 5,
+        "ready_le_3s": statistics.median(readies) <= 3,
     }
     print("targets: " + ", ".join(f"{k} {'MET' if v else 'MISSED'}" for k, v in verdict.items()))
     OUT.parent.mkdir(parents=True, exist_ok=True)
