@@ -62,9 +62,9 @@ def test_sim_zmq_subprocess_stops_cleanly_on_sigterm_with_summary() -> None:
     src.start(queue.sink(), stop)
     assert src.ready.wait(5)
     proc = _sim("--zmq", src.bound_endpoint or "", "--model", "all", "--rate", "500", "--count", "0",
-                "--progress", "0.2", "--corrupt", "0.1", "--seed", "3")
+                "--progress", "0.1", "--corrupt", "0.1", "--seed", "3")
     try:
-        assert wait_until(lambda: queue.qsize() >= 100, 20)
+        assert wait_until(lambda: queue.qsize() >= 250, 20)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         assert wait_until(lambda: queue.qsize() == src.stats.accepted, 5)

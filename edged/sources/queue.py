@@ -56,6 +56,7 @@ class IngestQueue:
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self._closed = False
+        self._getters_waiting = 0
         self.put_total = 0
         self.got_total = 0
         self.rejected_full = 0
@@ -99,7 +100,8 @@ class IngestQueue:
                 depth = len(self._items)
                 if depth > self.high_watermark:
                     self.high_watermark = depth
-                self._not_empty.notify()
+                if self._getters_waiting:  # skip Condition.notify's ownership check when nobody waits
+                    self._not_empty.notify()
         if evicted is not None:
             self._dropped(evicted, "dropped_oldest")
         if refused is not None:
@@ -127,7 +129,7 @@ class IngestQueue:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                self._not_empty.wait(min(left, _WAIT_SLICE_S))
+                self._wait_not_empty(min(left, _WAIT_SLICE_S))
             sample = self._items.popleft()
             self.got_total += 1
             self._not_full.notify()
@@ -143,12 +145,19 @@ class IngestQueue:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
-                self._not_empty.wait(min(left, _WAIT_SLICE_S))
+                self._wait_not_empty(min(left, _WAIT_SLICE_S))
             n = min(max_items, len(self._items))
             out = [self._items.popleft() for _ in range(n)]
             self.got_total += n
             self._not_full.notify(n)
             return out
+
+    def _wait_not_empty(self, timeout: float) -> None:
+        self._getters_waiting += 1
+        try:
+            self._not_empty.wait(timeout)
+        finally:
+            self._getters_waiting -= 1
 
     def drain(self) -> List[Sample]:
         """Remove and return everything queued now (for shutdown: each still needs a decision)."""

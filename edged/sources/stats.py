@@ -1,7 +1,8 @@
 """Per-source accounting: accepted, rejected by reason, lost in transit.
 
-Counters are updated by the source's own thread and read by anyone through
-:meth:`SourceStats.snapshot`, which returns a JSON-ready copy.
+Counters are updated by the source's own thread (single writer: the hot-path
+increments take no lock) and read by anyone through :meth:`SourceStats.snapshot`,
+which returns a JSON-ready copy.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class SourceStats:
     # ---- updates (source thread)
 
     def count_accepted(self) -> None:
-        with self._lock:
-            self.accepted += 1
+        # hot path, single writer (the source thread): a plain increment, no lock
+        self.accepted += 1
 
     def count_rejected(self, reason: str, detail: str = "", garbage_bytes: int = 0) -> None:
         """Count one rejection and log it, at most once per reason per ``log_interval_s``."""
@@ -91,18 +92,17 @@ class SourceStats:
         A gap ``seq > last + 1`` adds ``seq - last - 1`` to ``lost_in_transit``; a
         ``seq`` at or below the last one is a sender restart (tracking resets).
         """
-        with self._lock:
-            last = self._last_seq.get(sender)
-            self._last_seq[sender] = seq
-            if last is None:
-                return 0
-            if seq > last + 1:
-                gap = seq - last - 1
-                self.lost_in_transit += gap
-                return gap
-            if seq <= last:
-                self.seq_restarts += 1
+        # hot path, single writer (the source thread): no lock
+        last = self._last_seq.get(sender)
+        self._last_seq[sender] = seq
+        if last is None or seq == last + 1:
             return 0
+        if seq > last + 1:
+            gap = seq - last - 1
+            self.lost_in_transit += gap
+            return gap
+        self.seq_restarts += 1
+        return 0
 
     # ---- reads (any thread)
 

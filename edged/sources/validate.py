@@ -100,28 +100,40 @@ def sample_from_payload(
     source-local counter when the sender sent none).
     """
     model = header.get("model")
-    spec = known_model(specs, model)
+    spec = specs.get(model) if isinstance(model, str) else None
+    if spec is None:
+        spec = known_model(specs, model)
     assert isinstance(model, str)
-    dtype_name = header.get("dtype", spec.dtype)
-    if not isinstance(dtype_name, str):
-        raise FrameError("bad_header", f"'dtype' must be a string, got {dtype_name!r}")
-    if dtype_name != spec.dtype:
+    layout = _layout(spec)
+    dtype_name = header.get("dtype")
+    if dtype_name is not None and dtype_name != spec.dtype:
+        if not isinstance(dtype_name, str):
+            raise FrameError("bad_header", f"'dtype' must be a string, got {dtype_name!r}")
         raise FrameError("dtype_mismatch", f"model {model!r} takes {spec.dtype}, header says {dtype_name!r}")
-    wire = np.dtype(spec.dtype).newbyteorder("<")
-    if len(payload) % wire.itemsize:
-        raise FrameError("wrong_size", f"payload of {len(payload)} bytes is not a whole number of {spec.dtype}")
-    n = len(payload) // wire.itemsize
-    if "shape" in header:
-        shape = _header_shape(spec, header["shape"], model)
-        if int(np.prod(shape)) != n:
-            raise FrameError("wrong_size", f"header shape {shape} needs {int(np.prod(shape))} values, payload has {n}")
+    nbytes = len(payload)
+    if nbytes == layout.nbytes and "shape" not in header:  # the common case: fixed-shape model, no shape field
+        shape = layout.shape
     else:
-        shape = resolve_shape(spec, n, model)
-    arr = np.frombuffer(payload, dtype=wire).reshape(shape).astype(spec.dtype, copy=True)
-    _check_finite(arr, model)
-    sender_ts = _optional_number(header, "ts")
-    deadline = _optional_number(header, "deadline_ms")
-    meta = {k: v for k, v in header.items() if k not in KNOWN_HEADER_KEYS}
+        if nbytes % layout.itemsize:
+            raise FrameError("wrong_size", f"payload of {nbytes} bytes is not a whole number of {spec.dtype}")
+        n = nbytes // layout.itemsize
+        if "shape" in header:
+            shape = _header_shape(spec, header["shape"], model)
+            if int(np.prod(shape)) != n:
+                raise FrameError("wrong_size", f"header shape {shape} needs {int(np.prod(shape))} values, has {n}")
+        else:
+            shape = resolve_shape(spec, n, model)
+    arr = np.frombuffer(payload, dtype=layout.wire)
+    arr = arr.astype(layout.native) if layout.swap else arr.copy()  # own, writable, native byte order
+    arr = arr.reshape(shape)
+    if layout.is_float and not np.isfinite(arr).all():
+        _check_finite(arr, model)
+    sender_ts = header.get("ts")
+    if sender_ts is not None and type(sender_ts) is not float:
+        sender_ts = _optional_number(header, "ts")
+    deadline = _optional_number(header, "deadline_ms") if "deadline_ms" in header else None
+    extra = header.keys() - KNOWN_HEADER_KEYS
+    meta = {k: header[k] for k in extra} if extra else {}
     if "sender" in header:
         meta["sender"] = header["sender"]
     return Sample(
@@ -134,6 +146,32 @@ def sample_from_payload(
         deadline_ms=deadline,
         meta=meta,
     )
+
+
+class _Layout:
+    """Precomputed wire facts of one input spec (cached: the hot path must not recompute them)."""
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.native = np.dtype(spec.dtype)
+        self.wire = self.native.newbyteorder("<")
+        self.swap = self.wire != self.native  # only on big-endian hosts
+        self.itemsize = self.native.itemsize
+        dims = spec.sample_shape
+        self.fixed = all(dims)
+        self.shape: _Shape = tuple(int(d or 0) for d in dims) if self.fixed else ()
+        self.nbytes = int(np.prod(self.shape)) * self.itemsize if self.fixed else -1
+        self.is_float = self.native.kind in "fc"
+
+
+_LAYOUTS: Dict[TensorSpec, _Layout] = {}
+
+
+def _layout(spec: TensorSpec) -> _Layout:
+    """Cached :class:`_Layout` of ``spec`` (shared with the ZeroMQ burst fast path)."""
+    layout = _LAYOUTS.get(spec)
+    if layout is None:
+        layout = _LAYOUTS[spec] = _Layout(spec)
+    return layout
 
 
 def array_from_values(spec: TensorSpec, model: str, values: Any) -> np.ndarray:
