@@ -111,6 +111,8 @@ class IngestQueue:
 
     def sink(self, timeout: Optional[float] = None) -> Callable[[Sample], bool]:
         """A source sink that puts with ``timeout`` (see :meth:`put`)."""
+        if timeout is None:
+            return self.put
 
         def _sink(sample: Sample) -> bool:
             return self.put(sample, timeout=timeout)
