@@ -143,6 +143,7 @@ class Dispatcher:
         self._queued_us = 0.0
         self._busy: Dict[int, tuple] = {}  # worker index -> (t_start, est_us)
         self._outstanding: Dict[int, _Job] = {}
+        self._inflight: Dict[int, float] = {}  # job key -> monotonic send time of offloads in flight
         self._sink_lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
@@ -254,6 +255,7 @@ class Dispatcher:
             t_l_out = self.link.t_l_us(self._reply_bytes.get(model, DEFAULT_REPLY_BYTES))
             t_f = self.link.t_f_us(model)
             fog_queue = self.link.fog_queue_us()
+            t_l_in = self._stall_adjusted(t_l_in, t_l_out, t_f, fog_queue)
         deadline_us = None
         if getattr(sample, "deadline_ms", None) is not None:
             deadline_us = float(sample.deadline_ms) * 1000.0 - (self.clock() - sample.t_arrival) * 1e6
@@ -266,21 +268,48 @@ class Dispatcher:
             p_active_w=_r(getattr(p, "p_active_w", None), 4), p_idle_w=_r(getattr(p, "p_idle_w", None), 4),
             p_radio_w=_r(getattr(p, "p_radio_w", None), 4))
 
+    def _stall_adjusted(self, t_l_in: Optional[float], t_l_out: Optional[float], t_f: Optional[float],
+                        fog_queue: Optional[float]) -> Optional[float]:
+        """Raise T_L(in) when an offload in flight is already much older than a round trip should take.
+
+        Replies arrive one round trip late, so a link that just got slow shows first as requests
+        that do not come back: if the oldest one in flight is older than twice the expected round
+        trip, T_L(in) is raised so the expected round trip equals its age (a lower bound on what a
+        new request would see). The adjusted value is what the record stores, so replays still match.
+        """
+        if t_l_in is None:
+            return None
+        with self._cv:
+            oldest = min(self._inflight.values(), default=None)
+        if oldest is None:
+            return t_l_in
+        rest = (t_l_out or 0.0) + (t_f or 0.0) + (fog_queue or 0.0)
+        age_us = (self.clock() - oldest) * 1e6
+        if age_us > 2.0 * (t_l_in + rest):
+            return max(t_l_in, age_us - rest)
+        return t_l_in
+
     # ---- offload path ----------------------------------------------------------------------------
     def _offload(self, job: _Job) -> None:
         assert self.fog is not None
         sample = job.sample
         job.radio_token = self._begin("radio")
         job.t_sent = self.clock()
+        with self._cv:
+            self._inflight[job.key] = job.t_sent
         try:
             fut = self.fog.submit(sample.model, sample.array, self.hashes.get(sample.model), self.fog_timeout_s)
         except Exception as exc:  # a back end that cannot even take the request: run it here
+            with self._cv:
+                self._inflight.pop(job.key, None)
             self._on_fog_failure(job, FogFailure(f"submit failed: {exc}"))
             return
         fut.add_done_callback(functools.partial(self._on_fog_done, job))
 
     def _on_fog_done(self, job: _Job, fut: Future[FogReply]) -> None:
         self._end(job.radio_token)
+        with self._cv:
+            self._inflight.pop(job.key, None)
         exc = fut.exception()
         if exc is not None:
             self._on_fog_failure(job, exc)

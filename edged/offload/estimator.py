@@ -23,23 +23,29 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 
-def _quantile(values: list[float], q: float) -> float:
-    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
+def _quantile(values: List[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default) of a short list; plain Python is faster here."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
 
 
 class LinkEstimator:
     """Learns T_L(bytes), T_F per model and the fog queue wait from fog round trips.
 
     Args:
-        window: observations kept for the link fit and for each model's T_F.
+        window: observations kept for the link fit.
         max_age_s: observations older than this are dropped (estimates go unknown).
         stale_after_s: :meth:`is_stale` turns true when no link observation is newer than this.
         t_f_quantile: quantile of recent fog-reported T_F used as the estimate (0.5 = median).
+        t_f_window: fog reports kept per model for T_F (short: the fog's load changes).
         queue_max_age_s: fog queue reports older than this are ignored (queue assumed empty).
         change_window: this many consecutive observations all far off the fit mean the link changed:
             the older observations are dropped (0 disables).
@@ -48,9 +54,11 @@ class LinkEstimator:
     """
 
     def __init__(self, window: int = 64, max_age_s: float = 60.0, stale_after_s: float = 1.0,
-                 t_f_quantile: float = 0.5, queue_max_age_s: float = 2.0, change_window: int = 4,
+                 t_f_quantile: float = 0.5, queue_max_age_s: float = 2.0, change_window: int = 3,
+                 t_f_window: int = 16,
                  change_ratio: float = 1.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.change_window = change_window
+        self.t_f_window = t_f_window
         self.change_ratio = change_ratio
         self.changes = 0
         self.window = window
@@ -100,7 +108,7 @@ class LinkEstimator:
     def _add_t_f(self, model: str, t_f_us: float, now: float) -> None:
         dq = self._t_f.get(model)
         if dq is None:
-            dq = self._t_f[model] = deque(maxlen=self.window)
+            dq = self._t_f[model] = deque(maxlen=self.t_f_window)
         dq.append((now, float(t_f_us)))
 
     # ---- estimates -----------------------------------------------------------------------------
@@ -240,8 +248,9 @@ class LocalEstimator:
     """
 
     def __init__(self, seeds: Optional[Mapping[str, float]] = None, window: int = 16,
-                 quantile: float = 0.5) -> None:
+                 quantile: float = 0.5, prior_weight: int = 2) -> None:
         self.window = window
+        self.prior_weight = prior_weight
         self.quantile = quantile
         self._lock = threading.Lock()
         self._seeds: Dict[str, float] = dict(seeds or {})
@@ -253,11 +262,18 @@ class LocalEstimator:
             self._seeds[model] = float(exec_us)
 
     def observe(self, model: str, exec_us: float) -> None:
-        """Record one measured local execution of ``model`` (µs)."""
+        """Record one measured local execution of ``model`` (µs).
+
+        The seed stays in the window as ``prior_weight`` pseudo-runs until real runs push it
+        out, so one slow first run (a cold cache, a busy core) does not replace the profile.
+        """
         with self._lock:
             dq = self._runs.get(model)
             if dq is None:
                 dq = self._runs[model] = deque(maxlen=self.window)
+                seed = self._seeds.get(model)
+                if seed is not None:
+                    dq.extend([seed] * self.prior_weight)
             dq.append(float(exec_us))
 
     def exec_us(self, model: str) -> Optional[float]:
