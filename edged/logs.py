@@ -469,9 +469,46 @@ class LogReader:
         out.extend(self._drain())
         if self._buf:
             self.stats.torn += 1
+        out.extend(self._read_skipped_rotations())
         self.close()
         if self._open():
             out.extend(self._drain())
+        return out
+
+    def _read_skipped_rotations(self) -> List[Record]:
+        """Records of rotated files newer than the one just finished (several rotations between two
+        polls): found by the old file's inode among the rotated siblings, read whole, oldest first."""
+        out: List[Record] = []
+        files = log_files(self.path)[:-1] if self.path.exists() else log_files(self.path)
+        idents = []
+        for f in files:
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            idents.append((f, (st.st_dev, st.st_ino)))
+        names = [i for i, (_, ino) in enumerate(idents) if ino == self._ino]
+        if not names:
+            return out  # the old file is gone (out of backups): nothing to place it against
+        for f, ino in idents[names[0] + 1:]:
+            if f.endswith(".gz"):
+                continue
+            try:
+                with open(f, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    if (st.st_dev, st.st_ino) != ino:
+                        continue  # renamed again since the listing
+                    data = fh.read()
+            except OSError:
+                continue
+            self.stats.files += 1
+            *lines, tail = data.split(b"\n")
+            for line in lines:
+                rec = parse_line(line, self.stats)
+                if rec is not None:
+                    out.append(rec)
+            if tail.strip():
+                self.stats.torn += 1
         return out
 
     def finish(self) -> None:

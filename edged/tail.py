@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from edged.errors import EdgedError
-from edged.logs import LogReader, ReadStats, default_log_dir, read_records
+from edged.logs import LogReader, ReadStats, default_log_dir, log_files, read_records
 
 Record = Dict[str, Any]
 
@@ -496,6 +496,10 @@ class _Tail:
         try:
             backlog = [r for r in reader.read_available() if self.keep(r)]
             n = 10 if self.args.lines is None else max(0, self.args.lines)
+            for older in reversed(log_files(self.path)[:-1]):  # fill the backlog from rotated files
+                if len(backlog) >= n:
+                    break
+                backlog = [r for r in read_records(older, stats=self.stats) if self.keep(r)] + backlog
             for r in backlog[-n:] if n else []:
                 self.summary.feed(r)
                 self.emit(r)

@@ -365,3 +365,18 @@ def test_journal_auto_uses_stderr_in_a_terminal(restore_root_logging: None, monk
     assert logging.getLogger().level == logging.DEBUG
     with pytest.raises(ValueError):
         setup_logging(logging.INFO, journal="maybe")
+
+
+def test_follow_catches_up_after_several_rotations_between_polls(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    w = JsonlWriter(path, max_bytes=1_000, backups=50)
+    w.write({"seq": 0, "pad": PAD})
+    reader = LogReader(path, follow=True)
+    assert [r["seq"] for r in reader.read_available()] == [0]
+    for i in range(1, 60):  # ~8 rotations before the reader looks again
+        w.write({"seq": i, "pad": PAD})
+    got = [r["seq"] for r in reader.read_available()]
+    w.close()
+    reader.close()
+    assert w.stats()["rotations"] >= 5
+    assert got == list(range(1, 60))
