@@ -47,7 +47,9 @@ def test_two_frame_and_json_messages_from_a_real_push_socket() -> None:
         push.send_multipart([b'{"model":"cnn","shape":[8,8,1],"dtype":"float32"}', img.tobytes()])
         push.send(json.dumps({"model": "mlp", "seq": 200, "data": rows[0].tolist()}).encode())
         push.send(json.dumps({"model": "cnn", "data": img.tolist()}).encode())
-        assert wait_until(lambda: len(got) == 203, 10)
+        push.send_multipart([b' {"model": "mlp", "seq": 201} \n', rows[1].tobytes()])  # whitespace is fine
+        push.send_multipart([b'{"model":"mlp","seq":202,"ts":5}', rows[2].tobytes()])  # int ts is fine
+        assert wait_until(lambda: len(got) == 205, 10)
     finally:
         stop.set()
         push.close()
@@ -60,8 +62,10 @@ def test_two_frame_and_json_messages_from_a_real_push_socket() -> None:
     assert s[200].model == "cnn" and s[200].array.shape == (8, 8, 1) and np.array_equal(s[200].array, img)
     assert s[201].seq == 200 and np.array_equal(s[201].array, rows[0])
     assert s[202].model == "cnn" and np.array_equal(s[202].array, img)
+    assert [x.seq for x in s[203:]] == [201, 202] and s[204].sender_ts == 5.0
+    assert np.array_equal(s[203].array, rows[1]) and np.array_equal(s[204].array, rows[2])
     snap = src.stats.snapshot()
-    assert snap["accepted"] == 203 and snap["rejected_total"] == 0 and snap["lost_in_transit"] == 0
+    assert snap["accepted"] == 205 and snap["rejected_total"] == 0 and snap["lost_in_transit"] == 0
 
 
 @pytest.mark.timeout(30)
