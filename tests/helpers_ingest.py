@@ -63,7 +63,11 @@ class PtyPair:
             view = view[n:]
 
     def writer_thread(self, chunks: List[bytes]) -> threading.Thread:
-        t = threading.Thread(target=lambda: [self.write_all(c) for c in chunks], daemon=True)
+        def write() -> None:
+            for c in chunks:
+                self.write_all(c)
+
+        t = threading.Thread(target=write, daemon=True)
         t.start()
         return t
 

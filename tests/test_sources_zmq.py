@@ -137,7 +137,7 @@ def test_block_policy_gives_backpressure_to_the_pusher_without_loss() -> None:
         assert blocked, "sender never felt backpressure"
         assert sent < 2000
         assert queue.qsize() == 4
-        received = []
+        received: List[int] = []
         while len(received) < sent:
             s = queue.get(timeout=5)
             assert s is not None
