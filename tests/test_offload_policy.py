@@ -205,3 +205,18 @@ def test_link_estimator_follows_a_lasting_change_within_a_few_round_trips() -> N
     _feed(est, 40_000, 10_000_000, [400, 8600, 400, 8600])  # the link got slow and stays slow
     assert (est.t_l_us(400) or 0) > 30_000
     assert est.changes == 1
+
+
+def test_fog_reports_replace_t_f_only_while_no_real_replies() -> None:
+    clock = FakeClock()
+    est = LinkEstimator(stale_after_s=1.0, clock=clock)
+    est.observe_fog_report("cnn", 50_000)
+    est.observe_fog_report("cnn", 12_000)  # replaces: the fog's current median, not an average of reports
+    assert est.t_f_us("cnn") == 12_000
+    est.observe_round_trip(300, 300, 20_000, t_f_us=11_000, model="cnn")
+    assert est.t_f_us("cnn") == 11_500  # median of the report and the reply
+    est.observe_fog_report("cnn", 90_000)  # real replies are recent: ignored
+    assert est.t_f_us("cnn") == 11_500
+    clock.t += 5
+    est.observe_fog_report("cnn", 30_000)
+    assert est.t_f_us("cnn") == 30_000

@@ -430,7 +430,7 @@ class Dispatcher:
             if name not in self.models:
                 continue
             if info.get("t_f_us") is not None:
-                self.link.observe_t_f(name, float(info["t_f_us"]))
+                self.link.observe_fog_report(name, float(info["t_f_us"]))
             if name in self._refused and info.get("model_hash") == self.hashes.get(name):
                 log.info("fog now serves the same %s as this edge: offloading it again", name)
                 self._refused.pop(name, None)

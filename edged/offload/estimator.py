@@ -70,6 +70,7 @@ class LinkEstimator:
         self._lock = threading.Lock()
         self._link: Deque[Tuple[float, float, float]] = deque(maxlen=window)  # (t, bytes, transfer_us)
         self._t_f: Dict[str, Deque[Tuple[float, float]]] = {}
+        self._t_f_real_at: Dict[str, float] = {}  # model -> time of the last real (non-ping) T_F
         self._queue: Deque[Tuple[float, float]] = deque(maxlen=16)
         self._fit: Optional[Tuple[float, float]] = None  # (round-trip intercept µs, µs per byte)
         self._dirty = True
@@ -94,11 +95,26 @@ class LinkEstimator:
             self.observations += 1
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
+                self._t_f_real_at[model] = now
 
     def observe_t_f(self, model: str, t_f_us: float) -> None:
         """Record a fog execution time for ``model`` (µs), e.g. the fog's own median from a ping."""
         with self._lock:
             self._add_t_f(model, t_f_us, self._clock())
+
+    def observe_fog_report(self, model: str, t_f_us: float) -> None:
+        """The fog's own recent median T_F for ``model`` (µs), as a ping reports it.
+
+        Ignored while real replies for the model are recent (they are the better evidence);
+        otherwise it *replaces* the window, so an edge that offloads nothing still follows the
+        fog's current speed instead of a median of old reports.
+        """
+        with self._lock:
+            now = self._clock()
+            if now - self._t_f_real_at.get(model, -1e18) <= 2.0 * self.stale_after_s:
+                return
+            self._t_f.pop(model, None)
+            self._add_t_f(model, t_f_us, now)
 
     def observe_fog_queue(self, queue_us: float) -> None:
         """Record a fog queue wait (µs), e.g. the estimate a ping reply carries."""

@@ -42,6 +42,10 @@ log = logging.getLogger("edged.fog")
 DEFAULT_BIND = "tcp://*:5556"
 DEFAULT_MAX_MSG_BYTES = 16 * 1024 * 1024
 _MAX_PING_PAD = 1024 * 1024
+#: ping replies report the median T_F of the runs in this many seconds
+T_F_HORIZON_S = 10.0
+#: an idle worker re-times a model not run for this many seconds
+T_F_REFRESH_S = 2.0
 
 _Job = Tuple[bytes, Dict[str, Any], bytes, float]  # (routing id, header, payload, t_enqueued monotonic)
 
@@ -88,7 +92,8 @@ class FogServer:
         self._stop = threading.Event()
         self._jobs: queue.Queue[Optional[_Job]] = queue.Queue()
         self._hashes: Dict[str, str] = {}
-        self._t_f: Dict[str, Deque[float]] = {}
+        self._t_f: Dict[str, Deque[Tuple[float, float]]] = {}  # model -> (monotonic time, T_F µs)
+        self._refresh_claims: Dict[str, float] = {}
         self._t_f_lock = threading.Lock()
         self._workers: List[threading.Thread] = []
         self._router: Optional[zmq.Socket] = None
@@ -317,6 +322,7 @@ class FogServer:
                 except queue.Empty:
                     if self._stop.is_set():
                         break
+                    self._refresh_stale_t_f(models)
                     continue
                 if job is None:
                     break
@@ -360,12 +366,41 @@ class FogServer:
         with self._t_f_lock:
             dq = self._t_f.get(model)
             if dq is None:
-                dq = self._t_f[model] = deque(maxlen=32)
-            dq.append(t_f_us)
+                dq = self._t_f[model] = deque(maxlen=16)
+            dq.append((time.monotonic(), t_f_us))
 
     def _t_f_medians(self) -> Dict[str, float]:
+        """Median T_F per model over the runs of the last ``T_F_HORIZON_S`` (else the latest run), µs."""
+        cutoff = time.monotonic() - T_F_HORIZON_S
+        out: Dict[str, float] = {}
         with self._t_f_lock:
-            return {m: round(statistics.median(v), 1) for m, v in self._t_f.items() if v}
+            for m, dq in self._t_f.items():
+                recent = [v for t, v in dq if t >= cutoff] or [dq[-1][1]]
+                out[m] = round(statistics.median(recent), 1)
+        return out
+
+    def _refresh_stale_t_f(self, models: Dict[str, Any]) -> None:
+        """While idle, time one zero input of each model not run for ``T_F_REFRESH_S``.
+
+        Edges that run everything locally never send work, so without this the T_F the fog
+        reports in pings would freeze at whatever it was (e.g. under a burst) and keep those
+        edges from ever offloading again. One claim per model, so only one idle worker runs it.
+        """
+        now = time.monotonic()
+        for name, model in models.items():
+            if not self._jobs.empty() or self._stop.is_set():
+                return
+            with self._t_f_lock:
+                dq = self._t_f.get(name)
+                last = max(dq[-1][0] if dq else 0.0, self._refresh_claims.get(name, 0.0))
+                if now - last < T_F_REFRESH_S:
+                    continue
+                self._refresh_claims[name] = now
+            spec = model.entry.input
+            x = np.zeros(tuple(d if d else 1 for d in spec.sample_shape), dtype=np.dtype(spec.dtype))
+            t0 = time.perf_counter()
+            model.predict(x)
+            self._record_t_f(name, (time.perf_counter() - t0) * 1e6)
 
     @property
     def model_names(self) -> List[str]:
