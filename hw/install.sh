@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Install edged as a systemd service on this device (Raspberry Pi, Jetson, any systemd Linux).
+#
+#   sudo hw/install.sh              # edge daemon: venv in /opt/edged, config, unit(s), logrotate
+#   sudo hw/install.sh --fog        # also install edged-fog.service (on the fog node)
+#   hw/install.sh --dry-run         # print every step, change nothing (no root needed)
+#   hw/install.sh --root /tmp/r     # stage everything under /tmp/r (packaging, tests; no root needed)
+#
+# Idempotent: re-running upgrades edged in the venv and refreshes units/logrotate, and never
+# overwrites an existing /etc/edged/edged.toml (the new example lands next to it as .example).
+# Used by `make install-service`. See docs/deploy.md.
+set -euo pipefail
+
+ROOT=""
+PREFIX=""
+PYTHON=${PYTHON:-python3}
+DRY_RUN=0
+WITH_FOG=0
+EXTRAS=""
+BOARD=""
+SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() {
+    cat <<EOF
+usage: $0 [--dry-run] [--root DIR] [--fog] [--prefix DIR] [--extras LIST] [--board pi|jetson|generic] [--python PY]
+
+  --dry-run       print what would be done, change nothing
+  --root DIR      install under DIR instead of / (no groups, no daemon-reload, no root needed)
+  --fog           also install edged-fog.service (run 'edged fog' on this machine)
+  --prefix DIR    venv location (default ROOT/opt/edged; the units expect /opt/edged)
+  --extras LIST   pip extras, comma separated (default: detected from the board)
+  --board NAME    skip detection: pi, jetson or generic
+  --python PY     interpreter for the venv (default python3, >= 3.9)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --fog) WITH_FOG=1 ;;
+        --root) ROOT=${2:?--root needs a directory}; ROOT=${ROOT%/}; shift ;;
+        --prefix) PREFIX=${2:?--prefix needs a directory}; shift ;;
+        --extras) EXTRAS=${2:?--extras needs a list}; shift ;;
+        --board) BOARD=${2:?--board needs pi, jetson or generic}; shift ;;
+        --python) PYTHON=${2:?--python needs an interpreter}; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+PREFIX=${PREFIX:-$ROOT/opt/edged}
+CONF_DIR=$ROOT/etc/edged
+UNIT_DIR=$ROOT/etc/systemd/system
+LOGROTATE_DIR=$ROOT/etc/logrotate.d
+BIN_LINK=$ROOT/usr/local/bin/edged
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# run CMD...: execute, or only print it with --dry-run
+run() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf '   + %s\n' "$*"
+    else
+        "$@"
+    fi
+}
+
+# try CMD...: like run, but a failure is a warning (optional extras that may not build here)
+try() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf '   + %s   (optional)\n' "$*"
+    elif ! "$@"; then
+        warn "optional step failed (continuing): $*"
+    fi
+}
+
+detect_board() {
+    if [ -n "$BOARD" ]; then
+        echo "$BOARD"
+    elif [ -r /etc/nv_tegra_release ]; then
+        echo jetson
+    elif [ -r /proc/device-tree/model ] && tr -d '\0' </proc/device-tree/model | grep -q 'Raspberry Pi'; then
+        echo pi
+    else
+        echo generic
+    fi
+}
+
+# --- checks -----------------------------------------------------------------------------------
+if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+    die "run as root (sudo $0), or try --dry-run"
+fi
+[ -f "$SRC_DIR/setup.cfg" ] || die "run from an edged checkout: $SRC_DIR/setup.cfg not found"
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (apt-get install python3 python3-venv)"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
+    || die "$PYTHON is $("$PYTHON" -V 2>&1); edged needs Python >= 3.9"
+if [ "$DRY_RUN" = 0 ] && [ ! -x "$PREFIX/bin/python" ]; then
+    "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
+        || die "$PYTHON cannot create a venv: apt-get install python3-venv"
+fi
+
+BOARD=$(detect_board)
+case "$BOARD" in
+    pi) DEFAULT_EXTRAS="pi" ;;
+    jetson) DEFAULT_EXTRAS="jetson" ;;
+    generic) DEFAULT_EXTRAS="" ;;
+    *) die "--board $BOARD: expected pi, jetson or generic" ;;
+esac
+EXTRAS=${EXTRAS:-$DEFAULT_EXTRAS}
+say "board: $BOARD; extras: ${EXTRAS:-none}; source: $SRC_DIR; venv: $PREFIX"
+
+# --- venv and package ---------------------------------------------------------------------------
+if [ -x "$PREFIX/bin/python" ]; then
+    say "venv $PREFIX exists; upgrading edged in it"
+else
+    say "creating venv $PREFIX"
+    run "$PYTHON" -m venv "$PREFIX"
+fi
+PIP=("$PREFIX/bin/python" -m pip --disable-pip-version-check --quiet)
+run "${PIP[@]}" install --upgrade pip setuptools wheel
+if [ -n "$EXTRAS" ]; then
+    run "${PIP[@]}" install --upgrade "${SRC_DIR}[$EXTRAS]"
+else
+    run "${PIP[@]}" install --upgrade "$SRC_DIR"
+fi
+# Optional extras, each on its own so one that cannot build here does not block the rest:
+# LiteRT (a second local backend) and systemd-python (journald fields; needs libsystemd-dev).
+try "${PIP[@]}" install --upgrade "${SRC_DIR}[tflite]"
+try "${PIP[@]}" install --upgrade "${SRC_DIR}[systemd]"
+run install -d -m 0755 "$PREFIX/share/doc/edged"
+run install -m 0644 "$SRC_DIR/docs/deploy.md" "$PREFIX/share/doc/edged/deploy.md"
+run install -d -m 0755 "$(dirname "$BIN_LINK")"
+run ln -sfn "$PREFIX/bin/edged" "$BIN_LINK"
+
+# --- config -------------------------------------------------------------------------------------
+run install -d -m 0755 "$CONF_DIR"
+EXAMPLE="$SRC_DIR/systemd/edged.toml"
+if [ -f "$EXAMPLE" ] || [ "$DRY_RUN" = 1 ]; then
+    run install -m 0644 "$EXAMPLE" "$CONF_DIR/edged.toml.example"
+    if [ -e "$CONF_DIR/edged.toml" ]; then
+        say "keeping existing $CONF_DIR/edged.toml (compare with edged.toml.example)"
+    else
+        run install -m 0644 "$EXAMPLE" "$CONF_DIR/edged.toml"
+    fi
+else
+    warn "$EXAMPLE not found; write $CONF_DIR/edged.toml yourself"
+fi
+
+# --- groups the unit names ------------------------------------------------------------------------
+# SupplementaryGroups= fails the start if a group does not exist; i2c is missing on non-Pi Debian.
+GROUPS_NEEDED="dialout i2c"
+[ "$BOARD" = jetson ] && GROUPS_NEEDED="$GROUPS_NEEDED jtop video"
+for group in $GROUPS_NEEDED; do
+    if [ -n "$ROOT" ]; then
+        getent group "$group" >/dev/null || warn "group $group does not exist; create it on the target"
+        continue
+    fi
+    if ! getent group "$group" >/dev/null; then
+        run groupadd --system "$group"
+    fi
+done
+
+# --- units and logrotate -------------------------------------------------------------------------
+run install -d -m 0755 "$UNIT_DIR"
+run install -m 0644 "$SRC_DIR/systemd/edged.service" "$UNIT_DIR/edged.service"
+if [ "$BOARD" = jetson ]; then
+    run install -d -m 0755 "$UNIT_DIR/edged.service.d"
+    run install -m 0644 "$SRC_DIR/systemd/jetson.conf" "$UNIT_DIR/edged.service.d/jetson.conf"
+fi
+if [ "$WITH_FOG" = 1 ]; then
+    run install -m 0644 "$SRC_DIR/systemd/edged-fog.service" "$UNIT_DIR/edged-fog.service"
+fi
+if [ -d "$LOGROTATE_DIR" ] || [ -n "$ROOT" ] || [ "$DRY_RUN" = 1 ]; then
+    run install -d -m 0755 "$LOGROTATE_DIR"
+    run install -m 0644 "$SRC_DIR/systemd/edged.logrotate" "$LOGROTATE_DIR/edged"
+else
+    warn "$LOGROTATE_DIR missing (logrotate not installed); edged still rotates by size itself"
+fi
+
+if [ -n "$ROOT" ]; then
+    say "staged under $ROOT: no systemctl daemon-reload"
+elif [ -d /run/systemd/system ] || [ "$DRY_RUN" = 1 ]; then
+    run systemctl daemon-reload
+else
+    warn "systemd is not running here; skipped 'systemctl daemon-reload'"
+fi
+
+# --- next steps ---------------------------------------------------------------------------------
+run "$PREFIX/bin/edged" check-config "$CONF_DIR/edged.toml" || warn "fix $CONF_DIR/edged.toml before starting"
+cat <<EOF
+
+edged is installed. Next:
+  sudoedit $CONF_DIR/edged.toml                 # sources, models, fog endpoint, power sensor
+  sudo systemctl enable --now edged.service     # start now and at boot
+  systemctl status edged                        # READY / STATUS= counters
+  journalctl -u edged -f                        # operational messages
+  sudo edged tail -f                            # live decisions (/var/log/edged/decisions.jsonl)
+  sudo edged report /var/log/edged              # summary tables
+EOF
+if [ "$WITH_FOG" = 1 ]; then
+    echo "  sudo systemctl enable --now edged-fog.service # the fog node"
+fi
