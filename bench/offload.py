@@ -48,7 +48,7 @@ from tests.linkproxy import LinkProxy  # noqa: E402
 
 POLICIES = ("local", "offload", "threshold", "adaptive")
 GOOD = {"latency_ms": 1.0, "bandwidth_Bps": 50e6, "loss": 0.0, "outage": False}
-BAD = {"latency_ms": 40.0, "bandwidth_Bps": 1e6, "loss": 0.02, "retransmit_ms": 200.0, "outage": False}
+BAD = {"latency_ms": 50.0, "bandwidth_Bps": 0.5e6, "loss": 0.02, "retransmit_ms": 200.0, "outage": False}
 OUTAGE = {"outage": True}
 
 
@@ -103,6 +103,28 @@ def build_bigcnn(models_dir: Path, size: int = 64, seed: int = 7) -> Path:
     }
     (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return d
+
+
+class SlowedModel:
+    """An edge model ``factor`` times slower than this host: runs, then sleeps ``(factor - 1) x`` its time.
+
+    The fog shares this small host, so without it the "edge" would be as fast as the fog.
+    Sleeping (not spinning) keeps the CPU free, like a slower device would.
+    """
+
+    def __init__(self, model: Any, factor: float) -> None:
+        self.model = model
+        self.factor = factor
+
+    def predict(self, x: Any) -> Any:
+        t0 = time.perf_counter()
+        out = self.model.predict(x)
+        if self.factor > 1:
+            time.sleep((time.perf_counter() - t0) * (self.factor - 1))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
 
 # ---- fog subprocess ------------------------------------------------------------------------------
@@ -198,10 +220,12 @@ def summarize(lat_ms: np.ndarray) -> Dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases (smoke run)")
-    ap.add_argument("--period-ms", type=float, default=30.0, help="one input every N ms (default 30)")
+    ap.add_argument("--period-ms", type=float, default=50.0, help="one input every N ms (default 50)")
     ap.add_argument("--size", type=int, default=64, help="bigcnn input side (default 64: 3x64x64 float32)")
     ap.add_argument("--fog-threads", type=int, default=2, help="intra-op threads of the fog worker (default 2)")
     ap.add_argument("--fog-timeout-s", type=float, default=1.0)
+    ap.add_argument("--edge-slowdown", type=float, default=4.0,
+                    help="edge models run this many times slower than the host (sleep), like a Pi vs a fog server")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "offload.json"))
     ap.add_argument("--dump", metavar="FILE", help="also write every decision record (JSON lines) here")
     args = ap.parse_args()
@@ -221,7 +245,7 @@ def main() -> int:
     build_bigcnn(tmp, size=args.size)
     cat = Catalogue.discover(extra_dirs=[tmp])
     names = ["bigcnn", "cnn", "mlp"]
-    models = {n: cat.load(n, backend="onnx", threads=1) for n in names}
+    models = {n: SlowedModel(cat.load(n, backend="onnx", threads=1), args.edge_slowdown) for n in names}
     rng = np.random.default_rng(1)
     pool: Dict[str, np.ndarray] = {
         "bigcnn": rng.standard_normal((16, 3, args.size, args.size)).astype(np.float32),
@@ -281,7 +305,7 @@ def main() -> int:
               + f"  {dec}")
     adaptive_ok = rows["adaptive"]["total_s"] <= 1.10 * oracle_total
     below_static = rows["adaptive"]["total_s"] < min(rows["local"]["total_s"], rows["offload"]["total_s"])
-    print("\nlocal profile (1 thread): " + ", ".join(
+    print(f"\nlocal profile (1 thread, slowed {args.edge_slowdown:g}x): " + ", ".join(
         f"{n} p50 {v['p50_us'] / 1000:.2f} ms wcet {v['wcet_us'] / 1000:.2f} ms" for n, v in prof.items()))
     print(f"targets: adaptive <= 1.10 x oracle: {'met' if adaptive_ok else 'MISSED'} "
           f"({rows['adaptive']['vs_oracle']:.3f}); adaptive below both static policies: "
@@ -292,6 +316,7 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "setup": {"period_ms": args.period_ms, "inputs_per_pass": n_inputs, "stream": "bigcnn, cnn, mlp repeated",
                   "bigcnn_input": [3, args.size, args.size], "edge_threads": 1, "edge_local_workers": 1,
+                  "edge_slowdown": args.edge_slowdown,
                   "fog_workers": 1, "fog_threads": args.fog_threads, "fog_timeout_s": args.fog_timeout_s,
                   "phases": [{"name": n, "start_s": a, "end_s": b} for n, a, b in bounds],
                   "links": {"good": GOOD, "bad": BAD, "outage": OUTAGE},

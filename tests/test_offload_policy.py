@@ -220,3 +220,10 @@ def test_fog_reports_replace_t_f_only_while_no_real_replies() -> None:
     clock.t += 5
     est.observe_fog_report("cnn", 30_000)
     assert est.t_f_us("cnn") == 30_000
+
+
+def test_forget_link_keeps_t_f() -> None:
+    est = LinkEstimator(clock=FakeClock())
+    _feed(est, 1000, 1_000_000, [400, 8600] * 4)
+    est.forget_link()
+    assert est.t_l_us(400) is None and est.t_f_us("cnn") == 300 and est.is_stale()

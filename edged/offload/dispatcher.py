@@ -338,7 +338,7 @@ class Dispatcher:
                 log.error("fog refused model %s: %s (running it locally from now on)", model, exc)
             self._refused[model] = str(exc)
         elif not isinstance(exc, FogError):  # an error the fog answered itself means it is alive
-            self.breaker.record_failure(str(exc))
+            self._fog_failed(str(exc))
         job.fog_error = f"{type(exc).__name__}: {exc}"
         with self._cv:
             if job.recorded:
@@ -406,16 +406,20 @@ class Dispatcher:
             try:
                 if not self.breaker.is_up():
                     if self.breaker.probe_due():
-                        err = self._probe(0)
+                        err = self._probe(0) or self._probe(self.probe_pad_bytes)
                         self.breaker.record_probe(err is None, err or "")
                 elif self.link.is_stale():
                     err = self._probe(0) or self._probe(self.probe_pad_bytes)
                     if err is not None:
-                        self.breaker.record_failure(err)
+                        self._fog_failed(err)
                     elif self._stop.wait(self.probe_interval_s):
                         return
             except Exception:  # the probe loop must survive anything
                 log.exception("probe failed unexpectedly")
+
+    def _fog_failed(self, error: str) -> None:
+        if self.breaker.record_failure(error):
+            self.link.forget_link()  # the link that comes back is learned afresh from the probes
 
     def _probe(self, pad: int) -> Optional[str]:
         """One ping; feeds the estimator; returns None on success or the error text."""

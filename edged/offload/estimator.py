@@ -121,6 +121,15 @@ class LinkEstimator:
         with self._lock:
             self._queue.append((self._clock(), max(0.0, queue_us)))
 
+    def forget_link(self) -> None:
+        """Drop every link and queue observation (T_F stays): call when the fog went down, so the
+        link that comes back is learned from fresh probes, not from how it was before."""
+        with self._lock:
+            self._link.clear()
+            self._queue.clear()
+            self._fit = None
+            self._dirty = True
+
     def _add_t_f(self, model: str, t_f_us: float, now: float) -> None:
         dq = self._t_f.get(model)
         if dq is None:
