@@ -555,13 +555,22 @@ def iter_records(path: PathLike, follow: bool = False, stop: Optional[threading.
 
 
 def _rotation_key(path: str) -> Tuple[float, int]:
-    """Sort key for rotated files, oldest first: mtime (last write), then a higher ``.N`` is older."""
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        mtime = 0.0
-    m = re.search(r"\.(\d+)(?:\.gz)?$", path)
-    return mtime, -(int(m.group(1)) if m else 0)
+    """Sort key for rotated files, oldest first.
+
+    A logrotate name with an epoch (``-%Y%m%d-%s``: the rotation time) uses it, since compressing
+    resets a ``.gz`` file's mtime; otherwise the mtime (the last write); then a higher ``.N`` is older.
+    """
+    name = os.path.basename(path)
+    epoch = re.search(r"-(\d{10})(?:\.gz)?$", name)
+    if epoch:
+        when = float(epoch.group(1))
+    else:
+        try:
+            when = os.stat(path).st_mtime
+        except OSError:
+            when = 0.0
+    m = re.search(r"\.(\d+)(?:\.gz)?$", name)
+    return when, -(int(m.group(1)) if m else 0)
 
 
 def log_files(path: PathLike) -> List[str]:

@@ -130,6 +130,12 @@ fi
 # LiteRT (a second local backend) and systemd-python (journald fields; needs libsystemd-dev).
 try "${PIP[@]}" install --upgrade "${SRC_DIR}[tflite]"
 try "${PIP[@]}" install --upgrade "${SRC_DIR}[systemd]"
+# The shipped models (edged.models looks in <venv>/share/edged/models outside a checkout).
+run install -d -m 0755 "$PREFIX/share/edged/models"
+for model_dir in "$SRC_DIR"/models/*/; do
+    [ -d "$model_dir" ] || continue
+    run cp -R "${model_dir%/}" "$PREFIX/share/edged/models/"
+done
 run install -d -m 0755 "$PREFIX/share/doc/edged"
 run install -m 0644 "$SRC_DIR/docs/deploy.md" "$PREFIX/share/doc/edged/deploy.md"
 run install -d -m 0755 "$(dirname "$BIN_LINK")"
