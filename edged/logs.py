@@ -719,11 +719,13 @@ class JournalHandler(logging.Handler):
                 "SYSLOG_IDENTIFIER": self.identifier,
                 "LOGGER": record.name,
                 "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
+                "CODE_LINE": int(record.lineno),  # journal.send formats it with {:d}
                 "CODE_FUNC": record.funcName,
                 "THREAD_NAME": record.threadName or "",
             }
-            fields.update(_record_fields(record))
+            extra = _record_fields(record)
+            extra.pop("MESSAGE", None)  # the message itself is positional
+            fields.update(extra)
             self._journal.send(message, **fields)
         except Exception:
             self.handleError(record)

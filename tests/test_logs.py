@@ -332,30 +332,32 @@ def test_stderr_handler_appends_fields_and_priority_prefix_under_journal(tmp_pat
 
 def test_journal_handler_sends_fields(monkeypatch: pytest.MonkeyPatch, restore_root_logging: None) -> None:
     journal = pytest.importorskip("systemd.journal", reason="systemd-python is not installed (extra 'systemd')")
-    calls: List[Any] = []
+    calls: List[Dict[str, str]] = []
 
-    def fake_send(message: str, **fields: Any) -> None:  # the lowest interface without a running journald
-        calls.append((message, fields))
+    def fake_sendv(*args: str) -> None:
+        # the C call under the real journal.send: "KEY=value" items, the lowest interface without journald
+        calls.append(dict(a.split("=", 1) for a in args))
 
-    monkeypatch.setattr(journal, "send", fake_send)
+    monkeypatch.setattr(journal, "sendv", fake_sendv)
     handler = setup_logging(logging.INFO, journal="on", identifier="edged-test")
     assert isinstance(handler, JournalHandler)
     log = logging.getLogger("edged.dispatch")
     log.warning("fell back to local", extra={"journal_fields": {"model": "cnn", "DECISION": "fallback",
-                                                                 "latency-us": 12.5}})
+                                                                 "latency-us": 12.5, "message": "clash"}})
     log.debug("not sent")
     try:
         raise RuntimeError("boom")
     except RuntimeError:
         log.exception("failed")
     assert len(calls) == 2
-    message, fields = calls[0]
-    assert message == "fell back to local"
+    fields = calls[0]
+    assert fields["MESSAGE"] == "fell back to local"
     assert fields["MODEL"] == "cnn" and fields["DECISION"] == "fallback" and fields["LATENCY_US"] == "12.5"
     assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "edged-test"
     assert fields["LOGGER"] == "edged.dispatch" and fields["CODE_FUNC"] == "test_journal_handler_sends_fields"
-    message, fields = calls[1]
-    assert fields["PRIORITY"] == "3" and "RuntimeError: boom" in message
+    assert int(fields["CODE_LINE"]) > 0 and fields["CODE_FILE"].endswith("test_logs.py")
+    fields = calls[1]
+    assert fields["PRIORITY"] == "3" and "RuntimeError: boom" in fields["MESSAGE"]
 
 
 def test_journal_auto_uses_stderr_in_a_terminal(restore_root_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
