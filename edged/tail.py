@@ -496,7 +496,8 @@ class _Tail:
         try:
             backlog = [r for r in reader.read_available() if self.keep(r)]
             n = 10 if self.args.lines is None else max(0, self.args.lines)
-            for older in reversed(log_files(self.path)[:-1]):  # fill the backlog from rotated files
+            rotated = [f for f in log_files(self.path) if f != str(self.path)]
+            for older in reversed(rotated):  # fill the backlog from rotated files
                 if len(backlog) >= n:
                     break
                 backlog = [r for r in read_records(older, stats=self.stats) if self.keep(r)] + backlog
