@@ -62,7 +62,7 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class LogsConfig:
     dir: str = ""  # "" -> $LOGS_DIRECTORY, else <state_dir>/logs
-    max_bytes: int = field(default=50 * 1024 * 1024, metadata=_min(4096))
+    max_bytes: int = field(default=50 * 1024 * 1024, metadata=_min(0))  # 0 = no built-in rotation (logrotate)
     backups: int = field(default=5, metadata=_min(0))
     journal: str = field(default="auto", metadata=_choices(*JOURNAL_MODES))
     level: str = field(default="info", metadata=_choices(*LOG_LEVELS))

@@ -138,6 +138,7 @@ class Daemon:
             for i, name in enumerate(missing, 1):
                 backend = self.models[name].backend_name
                 self._status(f"profiling {name}/{backend} ({i}/{len(missing)}): no stored WCET for this device")
+                self.notifier.extend_timeout(120)  # a slow board must not hit TimeoutStartSec= while profiling
                 rows.append(profile_one(cat, name, backend, threads, repeats=self.cfg.daemon.profile_repeats,
                                         progress=self.notifier.status))
             prof = store_results(rows, sd)

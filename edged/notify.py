@@ -79,6 +79,10 @@ class Notifier:
     def stopping(self, status: str = "") -> bool:
         return self.notify("STOPPING=1" + (f"\nSTATUS={status}" if status else ""))
 
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask systemd for more start-up (or stop) time: EXTEND_TIMEOUT_USEC= (systemd >= 236)."""
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
     def reloading(self) -> bool:
         return self.notify("RELOADING=1")
 
