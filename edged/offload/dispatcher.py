@@ -30,7 +30,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class Dispatcher:
         self._queued_us = 0.0
         self._busy: Dict[int, tuple] = {}  # worker index -> (t_start, est_us)
         self._outstanding: Dict[int, _Job] = {}
-        self._inflight: Dict[int, float] = {}  # job key -> monotonic send time of offloads in flight
+        self._inflight: Dict[int, Tuple[float, float]] = {}  # key -> (send time s, expected round trip µs)
         self._sink_lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
@@ -255,7 +255,7 @@ class Dispatcher:
             t_l_out = self.link.t_l_us(self._reply_bytes.get(model, DEFAULT_REPLY_BYTES))
             t_f = self.link.t_f_us(model)
             fog_queue = self.link.fog_queue_us()
-            t_l_in = self._stall_adjusted(t_l_in, t_l_out, t_f, fog_queue)
+            t_l_in = self._stall_adjusted(t_l_in)
         deadline_us = None
         if getattr(sample, "deadline_ms", None) is not None:
             deadline_us = float(sample.deadline_ms) * 1000.0 - (self.clock() - sample.t_arrival) * 1e6
@@ -268,26 +268,25 @@ class Dispatcher:
             p_active_w=_r(getattr(p, "p_active_w", None), 4), p_idle_w=_r(getattr(p, "p_idle_w", None), 4),
             p_radio_w=_r(getattr(p, "p_radio_w", None), 4))
 
-    def _stall_adjusted(self, t_l_in: Optional[float], t_l_out: Optional[float], t_f: Optional[float],
-                        fog_queue: Optional[float]) -> Optional[float]:
-        """Raise T_L(in) when an offload in flight is already much older than a round trip should take.
+    def _stall_adjusted(self, t_l_in: Optional[float]) -> Optional[float]:
+        """Raise T_L(in) by how overdue the most overdue offload in flight is.
 
         Replies arrive one round trip late, so a link that just got slow shows first as requests
-        that do not come back: if the oldest one in flight is older than twice the expected round
-        trip, T_L(in) is raised so the expected round trip equals its age (a lower bound on what a
-        new request would see). The adjusted value is what the record stores, so replays still match.
+        that do not come back. A request older than twice its expected round trip is overdue by
+        ``age - expected``; the link is at least that much slower than estimated, so T_L(in) is
+        raised by that amount. The adjusted value is what the record stores, so replays match.
         """
         if t_l_in is None:
             return None
+        now = self.clock()
         with self._cv:
-            oldest = min(self._inflight.values(), default=None)
-        if oldest is None:
-            return t_l_in
-        rest = (t_l_out or 0.0) + (t_f or 0.0) + (fog_queue or 0.0)
-        age_us = (self.clock() - oldest) * 1e6
-        if age_us > 2.0 * (t_l_in + rest):
-            return max(t_l_in, age_us - rest)
-        return t_l_in
+            flights = list(self._inflight.values())
+        overdue = 0.0
+        for t_sent, expected_us in flights:
+            age_us = (now - t_sent) * 1e6
+            if age_us > 2.0 * expected_us:
+                overdue = max(overdue, age_us - expected_us)
+        return t_l_in + overdue
 
     # ---- offload path ----------------------------------------------------------------------------
     def _offload(self, job: _Job) -> None:
@@ -295,8 +294,9 @@ class Dispatcher:
         sample = job.sample
         job.radio_token = self._begin("radio")
         job.t_sent = self.clock()
+        expected_us = (job.decision.expected_offload_us if job.decision else None) or 0.0
         with self._cv:
-            self._inflight[job.key] = job.t_sent
+            self._inflight[job.key] = (job.t_sent, max(expected_us, 1000.0))
         try:
             fut = self.fog.submit(sample.model, sample.array, self.hashes.get(sample.model), self.fog_timeout_s)
         except Exception as exc:  # a back end that cannot even take the request: run it here
