@@ -151,7 +151,7 @@ model = "mlp"
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="make run: fog + daemon + simulated sensors on loopback, then a summary")
     ap.add_argument("--seconds", type=float, default=12.0, help="how long the sensors send (default 12)")
-    ap.add_argument("--rate", type=float, default=8.0, help="ZeroMQ bursts per second (default 8)")
+    ap.add_argument("--rate", type=float, default=6.0, help="ZeroMQ bursts per second (default 6)")
     ap.add_argument("--burst", type=int, default=4, help="inputs per ZeroMQ burst (default 4)")
     ap.add_argument("--dir", type=Path, default=REPO / "run" / "last", help="where logs and state go")
     args = ap.parse_args(argv)
@@ -189,9 +189,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("live decisions (edged tail -f); a ZeroMQ sender starts now")
         tail = procs.start(EDGED + ["tail", "decisions", "-f", "--dir", str(run_dir / "logs")], stdout=sys.stdout)
         n_zmq = int(args.rate * args.seconds) * args.burst
-        procs.start(EDGED + ["sim", "--zmq", f"tcp://127.0.0.1:{zmq_port}", "--model", "all", "--rate",
-                             str(args.rate), "--burst", str(args.burst), "--count", str(n_zmq), "--progress", "0"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sim_zmq = procs.start(EDGED + ["sim", "--zmq", f"tcp://127.0.0.1:{zmq_port}", "--model", "all", "--rate",
+                                       str(args.rate * args.burst), "--burst", str(args.burst), "--count", str(n_zmq),
+                                       "--progress", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         third = args.seconds / 3
         time.sleep(third)
@@ -202,7 +202,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("a new fog node starts on the same port: probes bring offloading back")
         fog2 = procs.start(EDGED + ["fog", "--bind", f"tcp://127.0.0.1:{fog_port}", "--workers", "2"])
         wait_for_line(fog2, "serving", 60, "edged fog (restart)")
-        time.sleep(third + 1.0)
+        for sim in (sim_zmq, sim_pty):  # let both sensors finish what they were asked to send
+            try:
+                sim.wait(timeout=third + 10)
+            except subprocess.TimeoutExpired:
+                sim.terminate()
+        time.sleep(0.5)
 
         say("senders done: SIGTERM to the daemon (it drains and writes every accepted input)")
         daemon.send_signal(signal.SIGTERM)
