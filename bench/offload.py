@@ -47,9 +47,10 @@ from edged.sources.sample import Sample  # noqa: E402
 from tests.linkproxy import LinkProxy  # noqa: E402
 
 POLICIES = ("local", "offload", "threshold", "adaptive")
-GOOD = {"latency_ms": 1.0, "bandwidth_Bps": 50e6, "loss": 0.0, "outage": False}
-BAD = {"latency_ms": 50.0, "bandwidth_Bps": 0.5e6, "loss": 0.02, "retransmit_ms": 200.0, "outage": False}
-OUTAGE = {"outage": True}
+GOOD: Dict[str, Any] = {"latency_ms": 1.0, "bandwidth_Bps": 50e6, "loss": 0.0, "outage": False}
+BAD: Dict[str, Any] = {"latency_ms": 50.0, "bandwidth_Bps": 0.5e6, "loss": 0.02, "retransmit_ms": 200.0,
+                       "outage": False}
+OUTAGE: Dict[str, Any] = {"outage": True}
 
 
 # ---- the heavy model -----------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def main() -> int:
         bounds.append((name, t, t + dur))
         t += dur
     total_s = t
-    settings = {"good": GOOD, "bad": BAD, "outage": OUTAGE, "good2": GOOD}
+    settings: Dict[str, Dict[str, Any]] = {"good": GOOD, "bad": BAD, "outage": OUTAGE, "good2": GOOD}
     schedule = [(a, dict(settings[name])) for name, a, _ in bounds[1:]]
 
     tmp = Path(tempfile.mkdtemp(prefix="edged-bench-models-"))
@@ -283,6 +284,9 @@ def main() -> int:
         for ph, _, _ in bounds:
             mask = np.array([q == ph for q in phases])
             row[f"{ph}_mean_ms"] = round(float(lat[p][mask].mean()), 2)
+        heavy = np.array([r["model"] == "bigcnn" for r in results["local"]])
+        row["bigcnn_mean_ms"] = round(float(lat[p][heavy].mean()), 2)
+        row["bigcnn_p99_ms"] = round(float(np.quantile(lat[p][heavy], 0.99)), 2)
         if p != "oracle":
             dec: Dict[str, int] = {}
             for r in results[p]:
@@ -295,14 +299,14 @@ def main() -> int:
         rows[p]["vs_oracle"] = round(rows[p]["total_s"] / oracle_total, 3)
 
     hdr = (f"{'policy':<10} {'total s':>8} {'x oracle':>8} {'mean ms':>8} {'p50 ms':>7} {'p99 ms':>8} "
-           + " ".join(f"{ph + ' ms':>9}" for ph, _, _ in bounds) + "  decisions")
+           + " ".join(f"{ph + ' ms':>9}" for ph, _, _ in bounds) + f" {'big mean':>8} {'big p99':>8}  decisions")
     print(hdr)
     print("-" * len(hdr))
     for p, row in rows.items():
-        dec = " ".join(f"{k}={v}" for k, v in sorted(row.get("decisions", {}).items()))
+        dec_text = " ".join(f"{k}={v}" for k, v in sorted(row.get("decisions", {}).items()))
         print(f"{p:<10} {row['total_s']:>8.2f} {row['vs_oracle']:>8.3f} {row['mean_ms']:>8.2f} {row['p50_ms']:>7.2f} "
               f"{row['p99_ms']:>8.2f} " + " ".join(f"{row[ph + '_mean_ms']:>9.2f}" for ph, _, _ in bounds)
-              + f"  {dec}")
+              + f" {row['bigcnn_mean_ms']:>8.2f} {row['bigcnn_p99_ms']:>8.2f}  {dec_text}")
     adaptive_ok = rows["adaptive"]["total_s"] <= 1.10 * oracle_total
     below_static = rows["adaptive"]["total_s"] < min(rows["local"]["total_s"], rows["offload"]["total_s"])
     print(f"\nlocal profile (1 thread, slowed {args.edge_slowdown:g}x): " + ", ".join(
