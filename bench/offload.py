@@ -221,11 +221,11 @@ def summarize(lat_ms: np.ndarray) -> Dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases (smoke run)")
-    ap.add_argument("--period-ms", type=float, default=50.0, help="one input every N ms (default 50)")
+    ap.add_argument("--period-ms", type=float, default=60.0, help="one input every N ms (default 60)")
     ap.add_argument("--size", type=int, default=64, help="bigcnn input side (default 64: 3x64x64 float32)")
     ap.add_argument("--fog-threads", type=int, default=2, help="intra-op threads of the fog worker (default 2)")
     ap.add_argument("--fog-timeout-s", type=float, default=1.0)
-    ap.add_argument("--edge-slowdown", type=float, default=4.0,
+    ap.add_argument("--edge-slowdown", type=float, default=3.0,
                     help="edge models run this many times slower than the host (sleep), like a Pi vs a fog server")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "offload.json"))
     ap.add_argument("--dump", metavar="FILE", help="also write every decision record (JSON lines) here")
