@@ -159,6 +159,8 @@ def _read_key(value: Union[str, bytes, None], want_secret: bool) -> Optional[byt
         return None
     if isinstance(value, bytes) and len(value) == 40:
         return value
+    if isinstance(value, str) and len(value) == 40 and not os.path.exists(value):
+        return value.encode("ascii")  # a z85 key written inline (e.g. in a config file)
     from zmq.auth import load_certificate
 
     public, secret = load_certificate(os.fsdecode(value))
