@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,7 @@ def main() -> int:
         fog.stop()
         for m in models.values():
             m.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     if args.dump:
         with open(args.dump, "w") as fh:
