@@ -37,6 +37,7 @@ OUT = REPO / "bench" / "results" / "daemon.json"
 SENDER = r"""
 import json, sys, time, zmq, numpy as np
 port, model, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # inputs/s; 0 = as fast as the daemon takes them
 models = model.split(",")
 xs = {m: np.load(f"{sys.argv[4]}/{m}/validation.npz")["x"] for m in models}
 ctx = zmq.Context(); s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 10000); s.connect(f"tcp://127.0.0.1:{port}")
@@ -46,6 +47,9 @@ for i in range(n):
     m = models[i % len(models)]
     r = rows[m]
     s.send_multipart([b'{"model":"%s","seq":%d}' % (m.encode(), i), r[i % len(r)]])
+    if rate:
+        while time.perf_counter() - t0 < (i + 1) / rate:
+            pass
 s.close(linger=-1); ctx.term()
 print(json.dumps({"sent": n, "send_s": time.perf_counter() - t0}))
 """
@@ -141,9 +145,9 @@ class Daemon:
         self.log.close()
 
 
-def send(port: int, models: str, n: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SENDER, str(port), models, str(n), str(REPO / "models")],
-                            stdout=subprocess.PIPE, text=True)
+def send(port: int, models: str, n: int, rate: float = 0.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SENDER, str(port), models, str(n), str(REPO / "models"),
+                             str(rate)], stdout=subprocess.PIPE, text=True)
 
 
 def wait_lines(path: Path, n: int, timeout: float, on_progress: Any = None) -> None:
@@ -187,24 +191,35 @@ def bare_loop(model: str, backend: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def throughput_run(work: Path, model: str, backend: str, n: int) -> Dict[str, Any]:
+def throughput_run(work: Path, model: str, backend: str, n: int, paced_rate: float) -> Dict[str, Any]:
+    """Saturation (sender as fast as backpressure allows), then a paced run for latency without queueing."""
     d = work / f"tp-{model}-{backend}"
     d.mkdir()
     port = free_port()
     cfg = write_config(d, port, {model: backend, **({"cnn": "onnx"} if model == "mlp" else {"mlp": "onnx"})})
     dm = Daemon(cfg, str(d / "n.sock"))
     dm.wait_ready()
+    log = d / "logs" / "decisions.jsonl"
     s = send(port, model, n)
-    wait_lines(d / "logs" / "decisions.jsonl", n, timeout=600)
+    wait_lines(log, n, timeout=600)
+    s.wait()
+    n_paced = int(paced_rate * 5)
+    s = send(port, model, n_paced, paced_rate)
+    wait_lines(log, n + n_paced, timeout=600)
     s.wait()
     dm.stop()
-    recs = [r for r in records(d / "logs" / "decisions.jsonl") if r["model"] == model]
-    ts = [r["ts"] for r in recs]
-    lat = sorted(r["latency_us"] for r in recs)
+    recs = [r for r in records(log) if r["model"] == model]
+    sat, paced = recs[:n], recs[n:]
+    ts = [r["ts"] for r in sat]
+    lat = sorted(r["latency_us"] for r in sat)
+    plat = sorted(r["latency_us"] for r in paced)
     return {
-        "model": model, "backend": backend, "inputs": len(recs),
-        "inputs_per_s": len(recs) / (max(ts) - min(ts)),
+        "model": model, "backend": backend, "inputs": len(sat),
+        "inputs_per_s": len(sat) / (max(ts) - min(ts)),
         "latency_p50_us": statistics.median(lat), "latency_p99_us": float(np.percentile(lat, 99)),
+        "paced_rate": paced_rate, "paced_latency_p50_us": statistics.median(plat),
+        "paced_latency_p99_us": float(np.percentile(plat, 99)),
+        "mean_batch": float(np.mean([r.get("batch", 1) for r in sat])),
         "decisions": sorted({r["decision"] for r in recs}),
     }
 
@@ -213,13 +228,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", type=int, default=50000, help="inputs per throughput run (default 50000)")
     ap.add_argument("--soak", type=int, default=100000, help="inputs in the RSS run (default 100000)")
+    ap.add_argument("--paced-rate", type=float, default=2000.0, help="inputs/s of the latency run (default 2000)")
+    ap.add_argument("--pairs", default="mlp/onnx,cnn/onnx,mlp/litert,cnn/litert", help="model/backend runs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edged-bench-daemon-"))
     rows = []
     try:
-        for model, backend in (("mlp", "onnx"), ("cnn", "onnx"), ("mlp", "litert"), ("cnn", "litert")):
+        for model, backend in [tuple(p.split("/")) for p in args.pairs.split(",")]:
             print(f"throughput {model}/{backend} ...", file=sys.stderr, flush=True)
-            r = throughput_run(work, model, backend, args.inputs)
+            r = throughput_run(work, model, backend, args.inputs, args.paced_rate)
             r["bare_inputs_per_s"] = bare_loop(model, backend, args.inputs)
             r["share_of_bare"] = r["inputs_per_s"] / r["bare_inputs_per_s"]
             rows.append(r)
@@ -254,12 +271,14 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    hdr = f"{'model':<5} {'backend':<7} {'inputs/s':>10} {'bare/s':>10} {'share':>6} {'lat p50 us':>11} {'p99 us':>9}"
+    hdr = (f"{'model':<5} {'backend':<7} {'inputs/s':>9} {'bare/s':>9} {'share':>6} {'batch':>6} "
+           f"{'sat p50 us':>11} {'sat p99':>9} | {'@' + str(int(args.paced_rate)) + '/s p50':>12} {'p99 us':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['model']:<5} {r['backend']:<7} {r['inputs_per_s']:>10.0f} {r['bare_inputs_per_s']:>10.0f} "
-              f"{r['share_of_bare']:>6.2f} {r['latency_p50_us']:>11.0f} {r['latency_p99_us']:>9.0f}")
+        print(f"{r['model']:<5} {r['backend']:<7} {r['inputs_per_s']:>9.0f} {r['bare_inputs_per_s']:>9.0f} "
+              f"{r['share_of_bare']:>6.2f} {r['mean_batch']:>6.1f} {r['latency_p50_us']:>11.0f} "
+              f"{r['latency_p99_us']:>9.0f} | {r['paced_latency_p50_us']:>12.0f} {r['paced_latency_p99_us']:>8.0f}")
     r10 = rss.get(10000, {}).get("VmRSS", 0) / 1024
     r100 = rss[args.soak]["VmRSS"] / 1024
     peak = rss[args.soak]["VmHWM"] / 1024

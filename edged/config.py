@@ -94,6 +94,7 @@ class PolicyConfig:
 class LocalConfig:
     workers: int = field(default=1, metadata=_min(1))
     max_queue: int = field(default=256, metadata=_min(1))
+    max_batch: int = field(default=32, metadata=_min(1))
 
 
 @dataclass(frozen=True)

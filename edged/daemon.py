@@ -39,6 +39,9 @@ from edged.notify import Notifier
 
 log = logging.getLogger("edged.daemon")
 
+#: most inputs the router hands the dispatcher at once (it never waits to fill a batch)
+ROUTER_BATCH = 64
+
 
 class _JsonlFallback:
     """Minimal line-atomic writer used only if edged.logs is unavailable."""
@@ -225,7 +228,8 @@ class Daemon:
         breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
                                  probe_interval_s=cfg.fog.probe_interval_s)
         self.dispatcher = Dispatcher(
-            self.models, policies, sink=self.decisions.write, fog=self.fog, wcet_us=timing["wcet"],
+            self.models, policies, sink=self.decisions.write, sink_many=getattr(self.decisions, "write_many", None),
+            fog=self.fog, wcet_us=timing["wcet"], max_batch=cfg.local.max_batch,
             objective=cfg.policy.objective, local_workers=cfg.local.workers, max_local_queue=cfg.local.max_queue,
             fog_timeout_s=cfg.fog.timeout_ms / 1000.0,
             energy_fn=self.sampler.energy_mj if self.sampler else None,
@@ -261,20 +265,15 @@ class Daemon:
         q, d = self.queue, self.dispatcher
         while True:
             self._router_beat = time.monotonic()
-            sample = q.get(timeout=0.2)
-            if sample is None:
+            samples = q.get_many(ROUTER_BATCH, timeout=0.2)  # whatever is queued, without waiting for more
+            if not samples:
                 if q.closed and q.qsize() == 0:
                     return
                 continue
             try:
-                d.submit(sample)
-            except Exception as exc:  # the dispatcher records its own errors; this is a last resort
-                log.exception("router: submit failed for %s seq %s", getattr(sample, "model", "?"),
-                              getattr(sample, "seq", "?"))
-                try:
-                    d.record_rejected(sample, f"internal error: {exc}")
-                except Exception:
-                    pass
+                d.submit_many(samples)  # records its own per-input failures; never raises for one input
+            except Exception:
+                log.exception("router: submit_many failed for %d input(s)", len(samples))
 
     # ------------------------------------------------------------------ main loop
 

@@ -115,6 +115,10 @@ def _safe_repr(obj: Any) -> str:
         return f"<unrepresentable {type(obj).__name__}: {exc}>"
 
 
+#: one encoder for every line (json.dumps with options would build a new one per call)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
 def encode_record(record: Any) -> bytes:
     """One JSON line (UTF-8, ASCII-escaped, ending in ``\\n``) for ``record``. Never raises.
 
@@ -122,7 +126,7 @@ def encode_record(record: Any) -> bytes:
     a circular reference, a failing ``default``), the record is sanitised first.
     """
     try:
-        text = json.dumps(record, separators=(",", ":"), default=_json_default, allow_nan=False)
+        text = _ENCODER.encode(record)
     except Exception:
         try:
             text = json.dumps(_sanitize(record), separators=(",", ":"), default=_safe_repr, allow_nan=False)
@@ -199,6 +203,43 @@ class JsonlWriter:
                 return
             self._lines += 1
             self._bytes += len(data)
+            if self._failing:
+                self._failing = False
+                log.warning("log %s: writing again after %d failed records", self.path, self._errors)
+
+    def write_many(self, records: List[Record]) -> None:
+        """Append several records with as few ``os.write`` calls as rotation allows. Never raises.
+
+        Lines are grouped into one write up to the rotation limit, so every line still lands whole
+        in exactly one file; a crash can tear at most the last line of the group being written.
+        """
+        if not records:
+            return
+        lines = [encode_record(r) for r in records]
+        with self._lock:
+            if self._closed:
+                self._on_error_locked(ValueError("write after close"), "writing")
+                return
+            i = 0
+            while i < len(lines):
+                group: List[bytes] = []
+                size = 0
+                try:
+                    if self._fd is None:
+                        self._open_locked()
+                    if self.max_bytes and self._size > 0 and self._size + len(lines[i]) > self.max_bytes:
+                        self._rotate_locked()
+                    room = (self.max_bytes - self._size) if self.max_bytes else None
+                    while i < len(lines) and (not group or room is None or size + len(lines[i]) <= room):
+                        group.append(lines[i])
+                        size += len(lines[i])
+                        i += 1
+                    self._write_locked(b"".join(group))
+                except OSError as exc:
+                    self._on_error_locked(exc, "writing")
+                    return
+                self._lines += len(group)
+                self._bytes += size
             if self._failing:
                 self._failing = False
                 log.warning("log %s: writing again after %d failed records", self.path, self._errors)

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,7 +49,9 @@ DECISIONS = ("local", "offload", "fallback", "rejected")
 
 
 def _r(x: Optional[float], nd: int = 1) -> Optional[float]:
-    return None if x is None else round(float(x), nd)
+    if x is None:
+        return None
+    return round(x, nd) if type(x) is float else round(float(x), nd)  # noqa: E721 - exact type: hot path
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Dispatcher:
         probe_interval_s: how often the probe thread checks (s); the link counts stale after
             ``link.stale_after_s``.
         probe_pad_bytes: padding of the bandwidth probe (bytes, each direction).
+        max_batch: most queued inputs of one model a local worker runs as one batch (1 = no batching).
+        sink_many: optional ``sink`` for a list of records (one write for a batch), e.g. ``JsonlWriter.write_many``.
     """
 
     def __init__(self, models: Mapping[str, Any], policies: Mapping[str, str], sink: Callable[[Dict[str, Any]], None],
@@ -103,7 +107,8 @@ class Dispatcher:
                  clock: Callable[[], float] = time.monotonic, breaker: Optional[CircuitBreaker] = None,
                  local: Optional[LocalEstimator] = None, local_exec_us: Optional[Mapping[str, float]] = None,
                  model_hashes: Optional[Mapping[str, str]] = None, probe_interval_s: float = 0.5,
-                 probe_pad_bytes: int = 4096) -> None:
+                 probe_pad_bytes: int = 4096, max_batch: int = 32,
+                 sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> None:
         if objective not in ("latency", "energy"):
             raise ConfigError(f"objective {objective!r}: expected latency or energy")
         if local_workers < 1 or max_local_queue < 1:
@@ -117,6 +122,9 @@ class Dispatcher:
         self.wcet_us = dict(wcet_us or {})
         self.objective = objective
         self.max_local_queue = max_local_queue
+        self.max_batch = max(1, int(max_batch))
+        self.sink_many = sink_many
+        self._pending_us = 0.0  # local work decided in the current submit_many, not yet queued (router thread)
         self.fog_timeout_s = fog_timeout_s
         self.energy_fn = energy_fn
         self.activity = activity
@@ -166,27 +174,67 @@ class Dispatcher:
 
     def submit(self, sample: Any) -> None:
         """Decide and start one input. May block while the local queue is full; never drops."""
+        job = self._decide_one(sample)
+        if job is None:
+            return
+        if job.decision is not None and job.decision.decision == "offload":
+            self._offload(job)
+        else:
+            self._enqueue_local(job)
+
+    def submit_many(self, samples: Sequence[Any]) -> None:
+        """Decide and start several inputs (e.g. everything the router found queued).
+
+        Each input is decided from its own numbers, in order; an input decided to run locally
+        counts in the local backlog (``local_queue_us``) of the inputs after it, exactly as if
+        submitted one by one. Local inputs enter the local queue under one lock round.
+        """
+        local: List[_Job] = []
+        base_us = self._queued_and_running_us()
+        try:
+            for sample in samples:
+                job: Optional[_Job] = None
+                try:
+                    job = self._decide_one(sample, base_us)
+                    if job is None:
+                        continue
+                    if job.decision is not None and job.decision.decision == "offload":
+                        self._offload(job)
+                    else:
+                        est = job.inputs.local_exec_us if job.inputs is not None else None
+                        job.est_us = est if est is not None else (self.local.exec_us(job.sample.model) or 0.0)
+                        local.append(job)
+                        self._pending_us += job.est_us
+                except Exception as exc:  # this input gets an error record; the others go on
+                    log.exception("submit failed for %s seq %s", getattr(sample, "model", "?"),
+                                  getattr(sample, "seq", "?"))
+                    if job is None:
+                        job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
+                        self._track(job)
+                    self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._enqueue_local_many(local)
+
+    def _decide_one(self, sample: Any, backlog_base_us: Optional[float] = None) -> Optional[_Job]:
+        """Track one input and decide it; None if it was already recorded (rejected)."""
         job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
         self._track(job)
         if self._closing and self._stop.is_set():
             self._emit(job, "rejected", reason="dispatcher closed", error="dispatcher closed")
-            return
+            return None
         if sample.model not in self.models:
             self._emit(job, "rejected", reason="unknown model",
                        error=f"model {sample.model!r} is not loaded (loaded: {', '.join(sorted(self.models))})")
-            return
+            return None
         try:
-            job.inputs = self._inputs(sample)
+            job.inputs = self._inputs(sample, backlog_base_us)
             job.decision = decide(job.policy, job.inputs)
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
             job.decision = Decision("local", f"decision failed: {exc}")
         if job.decision.reason == "fog down" and sample.model in self._refused and self.breaker.is_up():
             job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
-        if job.decision.decision == "offload":
-            self._offload(job)
-        else:
-            self._enqueue_local(job)
+        return job
 
     def record_rejected(self, sample: Any, reason: str) -> None:
         """Write a ``rejected`` record for an input refused after it was accepted (e.g. queue drop-oldest)."""
@@ -238,14 +286,21 @@ class Dispatcher:
                 f"in_flight={s['in_flight']} fog={s['fog'] or 'none'}")
 
     # ---- decision ------------------------------------------------------------------------------
-    def _local_backlog_us(self) -> float:
+    def _local_backlog_us(self, base_us: Optional[float] = None) -> float:
+        """Expected wait before a new local input starts (µs): queued + running work left + work decided
+        in this submit_many but not yet queued, spread over the workers. ``base_us`` (queued + running,
+        taken once per batch by submit_many) saves a lock round per input."""
+        if base_us is None:
+            base_us = self._queued_and_running_us()
+        return (base_us + self._pending_us) / max(1, len(self._workers))
+
+    def _queued_and_running_us(self) -> float:
         now = self.clock()
         with self._cv:
             busy = sum(max(0.0, est - (now - t0) * 1e6) for t0, est in self._busy.values())
-            total = self._queued_us + busy
-        return total / max(1, len(self._workers))
+            return self._queued_us + busy
 
-    def _inputs(self, sample: Any) -> DecisionInputs:
+    def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None) -> DecisionInputs:
         model = sample.model
         fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
         t_l_in = t_l_out = t_f = None
@@ -262,7 +317,8 @@ class Dispatcher:
         p = self.power
         return DecisionInputs(
             wcet_us=_r(self.wcet_us.get(model)), local_exec_us=_r(self.local.exec_us(model)),
-            local_queue_us=_r(self._local_backlog_us()) or 0.0, t_l_in_us=_r(t_l_in), t_l_out_us=_r(t_l_out),
+            local_queue_us=_r(self._local_backlog_us(backlog_base_us)) or 0.0,
+            t_l_in_us=_r(t_l_in), t_l_out_us=_r(t_l_out),
             t_f_us=_r(t_f), fog_queue_us=_r(fog_queue), fog_up=fog_up, deadline_us=_r(deadline_us),
             objective=self.objective,
             p_active_w=_r(getattr(p, "p_active_w", None), 4), p_idle_w=_r(getattr(p, "p_idle_w", None), 4),
@@ -349,6 +405,20 @@ class Dispatcher:
             self._cv.notify()
 
     # ---- local path ------------------------------------------------------------------------------
+    def _enqueue_local_many(self, jobs: List[_Job]) -> None:
+        if not jobs:
+            self._pending_us = 0.0
+            return
+        with self._cv:
+            for job in jobs:
+                while len(self._queue) >= self.max_local_queue and not self._stop.is_set():
+                    self._cv.notify_all()  # make sure the workers see what is already queued
+                    self._cv.wait(0.1)  # backpressure: the caller waits, nothing is dropped
+                self._queue.append(job)
+                self._queued_us += job.est_us
+            self._pending_us = 0.0
+            self._cv.notify_all()
+
     def _enqueue_local(self, job: _Job) -> None:
         job.est_us = self.local.exec_us(job.sample.model) or 0.0
         with self._cv:
@@ -365,18 +435,36 @@ class Dispatcher:
                     if self._stop.is_set():
                         return
                     self._cv.wait(0.2)
-                job = self._fallbacks.popleft() if self._fallbacks else self._queue.popleft()
-                self._queued_us = max(0.0, self._queued_us - job.est_us)
-                self._busy[index] = (self.clock(), job.est_us)
+                batch = self._take_batch()
+                est = sum(job.est_us for job in batch)
+                self._queued_us = max(0.0, self._queued_us - est)
+                self._busy[index] = (self.clock(), est)
                 self._cv.notify_all()  # wakes a submit waiting for room
             try:
-                self._run_local(job)
-            except Exception as exc:  # never let a worker die: the input gets an error record
+                if len(batch) == 1:
+                    self._run_local(batch[0])
+                else:
+                    self._run_local_batch(batch)
+            except Exception as exc:  # never let a worker die: each input gets an error record
                 log.exception("local run failed")
-                self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
+                for job in batch:  # _emit is idempotent: inputs already recorded are skipped
+                    self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
             finally:
                 with self._cv:
                     self._busy.pop(index, None)
+
+    def _take_batch(self) -> List[_Job]:
+        """Under ``_cv``: the next fallback, or the next local input plus the inputs of the same model
+        queued right behind it (up to ``max_batch``). Batching only takes what is already waiting, so it
+        never delays an input; under load it runs one inference per batch instead of one per input."""
+        if self._fallbacks:
+            return [self._fallbacks.popleft()]
+        first = self._queue.popleft()
+        batch = [first]
+        model = first.sample.model
+        while self._queue and len(batch) < self.max_batch and self._queue[0].sample.model == model:
+            batch.append(self._queue.popleft())
+        return batch
 
     def _run_local(self, job: _Job) -> None:
         sample = job.sample
@@ -388,7 +476,7 @@ class Dispatcher:
         t0 = self.clock()
         try:
             with self._model_locks[sample.model]:
-                out = self.models[sample.model].predict(sample.array)
+                out = self.models[sample.model].predict(sample.array, validate=False)  # sources validated it
         except Exception as exc:
             self._end(token)
             self._emit(job, where, error=f"local inference failed: {type(exc).__name__}: {exc}")
@@ -398,6 +486,49 @@ class Dispatcher:
         exec_us = (t1 - t0) * 1e6
         self.local.observe(sample.model, exec_us)
         self._emit(job, where, t_done=t1, exec_us=exec_us, result=_result(out), energy_mj=self._energy(t0, t1))
+
+    def _run_local_batch(self, jobs: List[_Job]) -> None:
+        """One batched inference for several queued inputs of one model; each still gets its own record.
+
+        ``exec_us`` and ``energy_mj`` of each record are its share of the batch (batch time / n), and
+        the record's ``batch`` field says how many inputs shared the run.
+        """
+        with self._cv:
+            jobs = [j for j in jobs if not j.recorded]
+        if not jobs:
+            return
+        model = jobs[0].sample.model
+        token = self._begin("local")
+        t0 = self.clock()
+        try:
+            stacked = np.stack([j.sample.array for j in jobs])
+            with self._model_locks[model]:
+                out = self.models[model].predict(stacked, validate=False)  # sources validated each input
+        except Exception as exc:
+            self._end(token)
+            for j in jobs:
+                self._emit(j, "fallback" if j.fog_error else "local",
+                           error=f"local inference failed: {type(exc).__name__}: {exc}")
+            return
+        t1 = self.clock()
+        self._end(token)
+        n = len(jobs)
+        share_us = (t1 - t0) * 1e6 / n
+        self.local.observe(model, share_us)
+        energy = self._energy(t0, t1)
+        share_mj = None if energy is None else energy / n
+        flat = np.asarray(out).reshape(n, -1)
+        labels = flat.argmax(axis=1)
+        scores = flat[np.arange(n), labels]
+        recs, done = [], []
+        for j, k, sc in zip(jobs, labels.tolist(), scores.tolist()):
+            rec = self._record(j, "fallback" if j.fog_error else "local", t_done=t1, exec_us=share_us,
+                               result={"label": int(k), "score": round(float(sc), 6)}, energy_mj=share_mj,
+                               batch=n)
+            if rec is not None:
+                recs.append(rec)
+                done.append(j)
+        self._write(recs, done)
 
     # ---- probes ----------------------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -447,16 +578,14 @@ class Dispatcher:
             self._outstanding[self._seq] = job
             job.key = self._seq
 
-    def _emit(self, job: _Job, decision: str, reason: Optional[str] = None, t_done: Optional[float] = None,
+    def _record(self, job: _Job, decision: str, reason: Optional[str] = None, t_done: Optional[float] = None,
               exec_us: Optional[float] = None, transfer_us: Optional[float] = None,
               result: Optional[Dict[str, Any]] = None, error: Optional[str] = None,
-              energy_mj: Optional[float] = None) -> None:
-        with self._cv:
+              energy_mj: Optional[float] = None, batch: int = 1) -> Optional[Dict[str, Any]]:
+        with self._cv:  # claimed here; it leaves _outstanding only once written (see _write)
             if job.recorded:
-                return
+                return None
             job.recorded = True
-            self._outstanding.pop(job.key, None)
-            self._cv.notify_all()
         sample = job.sample
         i = job.inputs or DecisionInputs()
         d = job.decision
@@ -476,19 +605,44 @@ class Dispatcher:
             "fog_up": i.fog_up, "deadline_us": i.deadline_us, "objective": i.objective,
             "latency_us": _r((t_end - sample.t_arrival) * 1e6),
             "exec_us": _r(exec_us), "transfer_us": _r(transfer_us), "result": result, "error": error,
-            "fog_error": job.fog_error, "energy_mj": _r(energy_mj, 4),
+            "fog_error": job.fog_error, "energy_mj": _r(energy_mj, 4), "batch": batch,
         }
         if i.objective == "energy":
             rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
                        expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
                        expected_offload_mj=_r(d.expected_offload_mj, 4) if d else None)
+        return rec
+
+    def _emit(self, job: _Job, decision: str, **kw: Any) -> None:
+        """Finish one input: its record (once, whatever races) goes to the sink."""
+        rec = self._record(job, decision, **kw)
+        if rec is not None:
+            self._write([rec], [job])
+
+    def _write(self, recs: List[Dict[str, Any]], jobs: List[_Job]) -> None:
+        """Hand records to the sink, then retire their jobs, so close() never returns before a line
+        it waits for is written."""
+        try:
+            self._write_records(recs)
+        finally:
+            with self._cv:
+                for job in jobs:
+                    self._outstanding.pop(job.key, None)
+                self._cv.notify_all()
+
+    def _write_records(self, recs: List[Dict[str, Any]]) -> None:
         with self._sink_lock:
-            self.counts[decision] = self.counts.get(decision, 0) + 1
-            self.per_model[sample.model] = self.per_model.get(sample.model, 0) + 1
-            if error:
-                self.errors += 1
+            for rec in recs:
+                self.counts[rec["decision"]] = self.counts.get(rec["decision"], 0) + 1
+                self.per_model[rec["model"]] = self.per_model.get(rec["model"], 0) + 1
+                if rec["error"]:
+                    self.errors += 1
             try:
-                self.sink(rec)
+                if self.sink_many is not None:
+                    self.sink_many(recs)
+                else:
+                    for rec in recs:
+                        self.sink(rec)
             except Exception:  # a failing sink must not kill the thread that finished the input
                 log.exception("decision sink failed")
 

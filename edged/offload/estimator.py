@@ -280,11 +280,14 @@ class LocalEstimator:
         self._lock = threading.Lock()
         self._seeds: Dict[str, float] = dict(seeds or {})
         self._runs: Dict[str, Deque[float]] = {}
+        self._cached: Dict[str, float] = {}  # quantile per model, recomputed on observe (read per input)
 
     def seed(self, model: str, exec_us: float) -> None:
         """Set the prior for ``model`` (µs) used until a run is observed."""
         with self._lock:
             self._seeds[model] = float(exec_us)
+            if model not in self._runs:
+                self._cached.pop(model, None)
 
     def observe(self, model: str, exec_us: float) -> None:
         """Record one measured local execution of ``model`` (µs).
@@ -300,13 +303,14 @@ class LocalEstimator:
                 if seed is not None:
                     dq.extend([seed] * self.prior_weight)
             dq.append(float(exec_us))
+            self._cached[model] = _quantile(list(dq), self.quantile)
 
     def exec_us(self, model: str) -> Optional[float]:
         """Expected local execution time of ``model`` (µs), or ``None`` if neither seeded nor observed."""
+        v = self._cached.get(model)  # a dict read is atomic; observe() keeps it current
+        if v is not None:
+            return v
         with self._lock:
-            dq = self._runs.get(model)
-            if dq:
-                return _quantile(list(dq), self.quantile)
             return self._seeds.get(model)
 
     def snapshot(self) -> Dict[str, Optional[float]]:
