@@ -391,3 +391,23 @@ def test_env_overrides(tmp_path):
     assert cfg.policy.models == {"cnn": "threshold"}
     p = run_edged(["check-config", str(f)], env={"EDGED_LOCAL__WORKERS": "-1"})
     assert p.returncode == 1 and "local.workers = -1" in p.stderr
+
+
+def test_fog_node_notifies_systemd(tmp_path):
+    """edged-fog.service is Type=notify too: READY after binding, WATCHDOG from its I/O loop, STOPPING."""
+    ns = NotifySocket(str(tmp_path / "fog.sock"))
+    env = dict(os.environ, NOTIFY_SOCKET=ns.address, WATCHDOG_USEC="300000")
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "fog", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    try:
+        assert "serving 2 models" in ns.wait_for("READY=1", timeout=60)
+        time.sleep(0.8)
+        pings = ns.times("WATCHDOG=1")
+        assert len(pings) >= 3 and max(b - a for a, b in zip(pings, pings[1:])) < 0.3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        ns.wait_for("STOPPING=1", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ns.close()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
@@ -186,8 +186,11 @@ class FogServer:
         else:
             self._shutdown(timeout_s)
 
-    def serve_forever(self, stop: Optional[threading.Event] = None) -> None:
-        """Run the I/O loop in this thread until ``stop`` (or :meth:`stop`) is set."""
+    def serve_forever(self, stop: Optional[threading.Event] = None, tick: Optional[Callable[[], None]] = None) -> None:
+        """Run the I/O loop in this thread until ``stop`` (or :meth:`stop`) is set.
+
+        ``tick`` is called from the loop at least every 100 ms (the CLI sends the systemd
+        watchdog ping from it, so a hung loop stops the pings)."""
         assert self._router is not None and self._results is not None, "call open() first"
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
@@ -199,6 +202,8 @@ class FogServer:
                     self._drain_results()
                 if self._router in events:
                     self._drain_requests()
+                if tick is not None:
+                    tick()
         finally:
             self._stop.set()
             self._shutdown(5.0)
@@ -440,11 +445,28 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    from edged.notify import Notifier
+
+    notifier = Notifier()
     endpoint = server.open()
     ready = f"edged fog: serving {len(server.model_names)} models on {endpoint}"
     print(ready, flush=True)
     log.info("%s (%s; workers=%d threads=%d curve=%s)", ready, ", ".join(server.model_names), args.workers,
              args.threads, "on" if args.curve_secret_key else "off")
-    server.serve_forever(stop)
+    notifier.ready(ready)
+    wd = notifier.watchdog_interval_s
+    due = {"ping": 0.0, "status": 0.0}
+
+    def tick() -> None:  # from the I/O loop: systemd restarts a fog whose loop hangs
+        now = time.monotonic()
+        if wd and now >= due["ping"]:
+            notifier.watchdog()
+            due["ping"] = now + wd
+        if notifier.enabled and now >= due["status"]:
+            notifier.status(", ".join(f"{k}={v}" for k, v in server.counts.items()))
+            due["status"] = now + 2.0
+
+    server.serve_forever(stop, tick)
+    notifier.stopping()
     log.info("fog: stopped (%s)", ", ".join(f"{k}={v}" for k, v in server.counts.items()))
     return 0

@@ -43,8 +43,8 @@ def main(args: argparse.Namespace) -> int:
     print()
     print("If this is the FOG node's pair:")
     print(f"  edged fog --curve-secret-key {secret} --curve-authorized-dir /etc/edged/curve/authorized")
-    print(f"  and copy {public.name} to every edge (config: fog.curve_server_key = \".../{public.name}\").")
+    print(f"  and copy {public.name} to every edge (config: fog.curve_server_public_key = \".../{public.name}\").")
     print("If this is an EDGE's pair:")
     print(f"  copy {public.name} into the fog's --curve-authorized-dir (only listed edges get answers),")
-    print(f"  and set fog.curve_client_key = \"{secret}\" in the edge's config.")
+    print(f"  and set fog.curve_client_secret_key = \"{secret}\" in the edge's config.")
     return 0
