@@ -76,6 +76,40 @@ class _JsonlFallback:
         return {"lines": self.lines}
 
 
+class DecisionEvents:
+    """Operational log lines for the decisions an operator must notice: fallbacks, rejections, errors.
+
+    Each line carries journald fields (MODEL=, DECISION=, SOURCE=, SEQ=) so ``journalctl -u edged
+    DECISION=fallback`` finds them. At most one line per model and decision every ``interval_s``;
+    the next line says how many were folded into it. The decision log itself never depends on this.
+    """
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._next: Dict[tuple, float] = {}
+        self._folded: Dict[tuple, int] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, records: List[Dict[str, Any]]) -> None:
+        for r in records:
+            decision = r.get("decision")
+            if decision not in ("fallback", "rejected") and not r.get("error"):
+                continue
+            key = (r.get("model"), decision)
+            now = time.monotonic()
+            with self._lock:
+                if now < self._next.get(key, 0.0):
+                    self._folded[key] = self._folded.get(key, 0) + 1
+                    continue
+                self._next[key] = now + self.interval_s
+                folded = self._folded.pop(key, 0)
+            more = f" (+{folded} more like it in the last {self.interval_s:.0f}s)" if folded else ""
+            fields = {"MODEL": str(r.get("model")), "DECISION": str(decision), "SOURCE": str(r.get("source")),
+                      "SEQ": str(r.get("seq"))}
+            log.warning("%s %s seq %s from %s: %s%s", r.get("model"), decision, r.get("seq"), r.get("source"),
+                        r.get("error") or r.get("reason"), more, extra={"journal_fields": fields})
+
+
 def _writer(path: Path, cfg: Config) -> Any:
     try:
         from edged.logs import JsonlWriter
@@ -107,6 +141,7 @@ class Daemon:
         self.ready_after_s: Optional[float] = None
         self.profile_rows: List[Dict[str, Any]] = []
         self._hup = threading.Event()
+        self.events = DecisionEvents()
 
     # ------------------------------------------------------------------ start-up
 
@@ -228,7 +263,7 @@ class Daemon:
         breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
                                  probe_interval_s=cfg.fog.probe_interval_s)
         self.dispatcher = Dispatcher(
-            self.models, policies, sink=self.decisions.write, sink_many=getattr(self.decisions, "write_many", None),
+            self.models, policies, sink=self._record_one, sink_many=self._record_many,
             fog=self.fog, wcet_us=timing["wcet"], max_batch=cfg.local.max_batch,
             objective=cfg.policy.objective, local_workers=cfg.local.workers, max_local_queue=cfg.local.max_queue,
             fog_timeout_s=cfg.fog.timeout_ms / 1000.0,
@@ -251,6 +286,19 @@ class Daemon:
         self.notifier.ready(msg)
 
     # ------------------------------------------------------------------ pipeline
+
+    def _record_one(self, record: Dict[str, Any]) -> None:
+        self.decisions.write(record)
+        self.events.observe([record])
+
+    def _record_many(self, records: List[Dict[str, Any]]) -> None:
+        write_many = getattr(self.decisions, "write_many", None)
+        if write_many is not None:
+            write_many(records)
+        else:
+            for r in records:
+                self.decisions.write(r)
+        self.events.observe(records)
 
     def _sink(self, sample: Any) -> bool:
         """Source -> queue. Under 'block' this waits for space (ZeroMQ RCVHWM backpressure) until the

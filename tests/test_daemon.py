@@ -411,3 +411,19 @@ def test_fog_node_notifies_systemd(tmp_path):
         if proc.poll() is None:
             proc.kill()
         ns.close()
+
+
+def test_decision_events_carry_journal_fields_and_are_rate_limited(caplog):
+    from edged.daemon import DecisionEvents
+
+    ev = DecisionEvents(interval_s=0.3)
+    rec = {"model": "cnn", "decision": "fallback", "source": "zmq", "seq": 1, "reason": "policy offload",
+           "error": None}
+    with caplog.at_level("WARNING", logger="edged.daemon"):
+        ev.observe([dict(rec, seq=i) for i in range(5)] + [dict(rec, decision="local")])
+        time.sleep(0.35)
+        ev.observe([dict(rec, seq=9)])
+    lines = [r for r in caplog.records if r.name == "edged.daemon"]
+    assert len(lines) == 2, "one line, four folded, then one line after the interval"
+    assert lines[0].journal_fields == {"MODEL": "cnn", "DECISION": "fallback", "SOURCE": "zmq", "SEQ": "0"}
+    assert "+4 more like it" in lines[1].getMessage()
