@@ -146,15 +146,19 @@ def parse_header_json(raw: bytes) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- stream deframers
 
 
-class CobsDeframer:
-    """Splits a byte stream on ``0x00`` into COBS segments, with a size limit.
+class _DelimitedDeframer:
+    """Splits a byte stream on a one-byte delimiter, with a size limit.
 
     ``feed(chunk)`` yields ``(segment, error)`` pairs: ``error`` is None for a
-    segment to decode, or a :class:`FrameError` ``oversize`` (with ``nbytes``
+    segment to use, or a :class:`FrameError` ``oversize`` (with ``nbytes``
     discarded) for a run longer than ``max_frame_bytes``: such a run is dropped
     until the next delimiter without being buffered, and ``segment`` is ``b""``.
-    Empty segments (consecutive delimiters) are skipped.
+    Empty segments are skipped. Subclasses set the delimiter and may clean a
+    segment (:meth:`_segment`) and name what they split (:attr:`_unit`).
     """
+
+    _delimiter: bytes = b"\0"
+    _unit = "run"
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
@@ -170,32 +174,35 @@ class CobsDeframer:
         self._skipped = 0
         return dropped
 
+    def _segment(self, raw: bytes) -> bytes:
+        return raw
+
     def feed(self, chunk: bytes) -> Iterator[Tuple[bytes, Optional[FrameError]]]:
         """Consume ``chunk``; yield complete segments (see class doc)."""
         buf = self._buf
         buf += chunk
         start = 0
+        delim = self._delimiter
+        limit = self.max_frame_bytes
         while True:
-            end = buf.find(0, start)
+            end = buf.find(delim, start)
             if end < 0:
                 break
             if self._skipping:
                 skipped = self._skipped + (end - start)
                 self._skipping = False
                 self._skipped = 0
-                yield b"", FrameError(
-                    "oversize", f"{skipped} bytes without a delimiter; limit {self.max_frame_bytes}", skipped
-                )
+                yield b"", FrameError("oversize", f"{self._unit} of {skipped} bytes without a delimiter; "
+                                                  f"limit {limit}", skipped)
             elif end > start:
-                if end - start > self.max_frame_bytes:
-                    yield b"", FrameError(
-                        "oversize", f"{end - start} bytes between delimiters; limit {self.max_frame_bytes}", end - start
-                    )
-                else:
-                    yield bytes(buf[start:end]), None
+                seg = self._segment(bytes(buf[start:end]))
+                if len(seg) > limit:
+                    yield b"", FrameError("oversize", f"{self._unit} of {len(seg)} bytes; limit {limit}", len(seg))
+                elif seg:
+                    yield seg, None
             start = end + 1
         del buf[:start]
-        if len(buf) > self.max_frame_bytes:
+        if len(buf) > limit:
             self._skipping = True
             self._skipped += len(buf)
             buf.clear()
@@ -206,59 +213,22 @@ class CobsDeframer:
         return len(self._buf)
 
 
-class LineDeframer:
-    """Splits a byte stream into lines on ``\\n`` (a trailing ``\\r`` is stripped).
+class CobsDeframer(_DelimitedDeframer):
+    """Splits a byte stream on ``0x00`` into COBS segments to decode (see :class:`_DelimitedDeframer`)."""
 
-    Same contract as :class:`CobsDeframer`: yields ``(line, None)`` or
-    ``(b"", FrameError("oversize"))`` for a line longer than ``max_frame_bytes``.
-    Blank lines are skipped.
-    """
+    _delimiter = b"\0"
+    _unit = "frame"
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self._skipping = False
-        self._skipped = 0
 
-    def reset(self) -> int:
-        """Forget any partial line; returns bytes discarded."""
-        dropped = len(self._buf) + self._skipped
-        self._buf.clear()
-        self._skipping = False
-        self._skipped = 0
-        return dropped
+class LineDeframer(_DelimitedDeframer):
+    """Splits a byte stream into lines on ``\\n`` (a trailing ``\\r`` is stripped); blank lines are skipped."""
 
-    def feed(self, chunk: bytes) -> Iterator[Tuple[bytes, Optional[FrameError]]]:
-        buf = self._buf
-        buf += chunk
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            if self._skipping:
-                skipped = self._skipped + (end - start)
-                self._skipping = False
-                self._skipped = 0
-                yield b"", FrameError("oversize", f"line of {skipped} bytes; limit {self.max_frame_bytes}", skipped)
-            else:
-                line = bytes(buf[start:end]).rstrip(b"\r")
-                if len(line) > self.max_frame_bytes:
-                    yield b"", FrameError(
-                        "oversize", f"line of {len(line)} bytes; limit {self.max_frame_bytes}", len(line)
-                    )
-                elif line.strip():
-                    yield line, None
-            start = end + 1
-        del buf[:start]
-        if len(buf) > self.max_frame_bytes:
-            self._skipping = True
-            self._skipped += len(buf)
-            buf.clear()
+    _delimiter = b"\n"
+    _unit = "line"
 
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+    def _segment(self, raw: bytes) -> bytes:
+        line = raw.rstrip(b"\r")
+        return line if line.strip() else b""
 
 
 # --------------------------------------------------------------------------- lines
