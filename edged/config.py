@@ -113,6 +113,8 @@ class FogConfig:
 class PowerConfig:
     source: str = field(default="auto", metadata=_choices(*POWER_KINDS))
     rate_hz: float = field(default=10.0, metadata=_min(0.01))
+    thermal: bool = True  # log temp_c (and a Pi's throttled flags) with each power sample
+    thermal_root: str = "/sys/class/thermal"
     ina219: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "ina219"})
     jtop: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "jtop"})
     hwmon: Mapping[str, Any] = field(default_factory=dict, metadata={"adapter": "hwmon"})

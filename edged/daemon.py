@@ -212,7 +212,12 @@ class Daemon:
             source = make_power_source(pc.source, **dict(getattr(pc, pc.source)))
         if getattr(source, "is_null", False) or source.name == "none":
             return None, None, None
-        sampler = PowerSampler(source, rate_hz=pc.rate_hz, sink=self.power_log.write)
+        thermal = None
+        if pc.thermal:
+            from edged.power.thermal import ThermalReader
+
+            thermal = ThermalReader(root=pc.thermal_root)
+        sampler = PowerSampler(source, rate_hz=pc.rate_hz, sink=self.power_log.write, thermal=thermal)
         tracker = ActivityTracker()
         model = PowerModel(tracker, window_s=max(0.05, sampler.interval_s))
         sampler.add_listener(model.observe)

@@ -23,7 +23,7 @@ def test_power_log_energy_per_inference_and_tail_power(tmp_path):
     port = free_port()
     cfg = write_config(tmp_path, port, extra="")
     text = cfg.read_text().replace('[power]\nsource = "none"', f'[power]\nsource = "hwmon"\nrate_hz = 50\n'
-                                   f'[power.hwmon]\nroot = "{hw}"\n')
+                                   f'thermal_root = "{tmp_path / "sys" / "thermal"}"\n[power.hwmon]\nroot = "{hw}"\n')
     cfg.write_text(text)
     proc = start_daemon(cfg)
     wait_ready(cfg, proc)
@@ -42,6 +42,7 @@ def test_power_log_energy_per_inference_and_tail_power(tmp_path):
     watts = [p["watts"] for p in power]
     assert min(watts) == pytest.approx(3.0988) and max(watts) == pytest.approx(4.5)
     assert all(p["volts"] == pytest.approx(5.08) for p in power)
+    assert all(p["temp_c"] == pytest.approx(51.23) for p in power), "the thermal zone is logged with power"
 
     decisions = [json.loads(line) for line in (tmp_path / "logs" / "decisions.jsonl").read_text().splitlines()]
     with_energy = [d for d in decisions if d["energy_mj"] is not None]
