@@ -118,9 +118,9 @@ class SlowedModel:
         self.model = model
         self.factor = factor
 
-    def predict(self, x: Any) -> Any:
+    def predict(self, x: Any, validate: bool = True) -> Any:
         t0 = time.perf_counter()
-        out = self.model.predict(x)
+        out = self.model.predict(x, validate=validate)
         if self.factor > 1:
             time.sleep((time.perf_counter() - t0) * (self.factor - 1))
         return out
