@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -43,10 +44,12 @@ xs = {m: np.load(f"{sys.argv[4]}/{m}/validation.npz")["x"] for m in models}
 ctx = zmq.Context(); s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 10000); s.connect(f"tcp://127.0.0.1:{port}")
 rows = {m: [x.tobytes() for x in xs[m]] for m in models}
 t0 = time.perf_counter()
+seq = {m: 0 for m in models}
 for i in range(n):
     m = models[i % len(models)]
     r = rows[m]
-    s.send_multipart([b'{"model":"%s","seq":%d}' % (m.encode(), i), r[i % len(r)]])
+    s.send_multipart([b'{"model":"%s","seq":%d}' % (m.encode(), seq[m]), r[seq[m] % len(r)]])
+    seq[m] += 1
     if rate:
         while time.perf_counter() - t0 < (i + 1) / rate:
             pass
@@ -135,8 +138,20 @@ class Daemon:
                     raise RuntimeError("daemon exited before READY") from None
                 continue
             if "READY=1" in msg:
-                return time.monotonic() - self.t_start
+                t = time.monotonic() - self.t_start
+                # keep reading STATUS=/WATCHDOG= afterwards, as systemd does
+                threading.Thread(target=self._drain, daemon=True).start()
+                return t
         raise RuntimeError("no READY=1")
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.notify.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     def stop(self) -> None:
         self.proc.terminate()

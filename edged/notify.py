@@ -1,10 +1,14 @@
 """systemd notification protocol (sd_notify): READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
 
-Uses systemd-python's ``systemd.daemon.notify`` when importable, else sends the
-datagram itself to ``$NOTIFY_SOCKET`` (a filesystem path, or an abstract
-socket written ``@name``). Without ``NOTIFY_SOCKET`` (not started by systemd)
-every call is a cheap no-op. Sending never raises: a failed notification must
-not take the daemon down.
+By default the datagram goes out on our own **non-blocking** AF_UNIX socket to
+``$NOTIFY_SOCKET`` (a filesystem path, or an abstract socket written ``@name``).
+systemd-python's ``systemd.daemon.notify`` is used only when asked for
+(``prefer_systemd_python=True``): libsystemd's ``sd_notify`` sends on a blocking
+socket, and when the receiver's buffer is full the call blocks the calling thread
+— measured here, it froze the whole daemon (ingest stopped) — whereas a full
+buffer costs our sender one dropped STATUS/WATCHDOG message. Without
+``NOTIFY_SOCKET`` (not started by systemd) every call is a cheap no-op. Sending
+never raises: a failed notification must not take the daemon down.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def _systemd_notify() -> Optional[Callable[[str], Any]]:
 class Notifier:
     """Sends sd_notify messages. ``enabled`` is False when there is no NOTIFY_SOCKET."""
 
-    def __init__(self, environ: Optional[Mapping[str, str]] = None, prefer_systemd_python: bool = True) -> None:
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, prefer_systemd_python: bool = False) -> None:
         env = os.environ if environ is None else environ
         self.address = env.get("NOTIFY_SOCKET", "")
         self.enabled = bool(self.address)

@@ -231,7 +231,7 @@ def test_systemd_python_notify_path(tmp_path):
     old = os.environ.get("NOTIFY_SOCKET")
     os.environ["NOTIFY_SOCKET"] = ns.address  # sd_notify(3) reads the environment itself
     try:
-        n = Notifier()
+        n = Notifier(prefer_systemd_python=True)
         assert n.via == "systemd-python"
         assert n.ready("via libsystemd")
         ns.wait_for("READY=1", timeout=5)
@@ -427,3 +427,19 @@ def test_decision_events_carry_journal_fields_and_are_rate_limited(caplog):
     assert len(lines) == 2, "one line, four folded, then one line after the interval"
     assert lines[0].journal_fields == {"MODEL": "cnn", "DECISION": "fallback", "SOURCE": "zmq", "SEQ": "0"}
     assert "+4 more like it" in lines[1].getMessage()
+
+
+def test_full_notify_socket_never_blocks_the_daemon(tmp_path):
+    """Nobody reads the notify socket (a wedged PID 1): sends fail fast, the caller is never blocked."""
+    ns_path = str(tmp_path / "full.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(ns_path)  # bound, never read
+    try:
+        n = Notifier({"NOTIFY_SOCKET": ns_path})
+        assert n.via == "socket"
+        t0 = time.monotonic()
+        results = [n.status("x" * 512) for _ in range(5000)]
+        assert time.monotonic() - t0 < 10, "5000 sends into a full buffer must not block"
+        assert results[0] and not results[-1], "the buffer filled up and later sends were dropped"
+    finally:
+        sink.close()
