@@ -128,11 +128,18 @@ def sample_from_payload(
     arr = arr.reshape(shape)
     if layout.is_float and not np.isfinite(arr).all():
         _check_finite(arr, model)
+    return _sample(model, seq, arr, source, header, t_arrival)
+
+
+def _sample(model: str, seq: int, arr: np.ndarray, source: str, header: Mapping[str, Any],
+            t_arrival: Optional[float]) -> Sample:
+    """The Sample for a validated array: sender time, deadline and the header fields edged does not
+    interpret (kept in ``meta``; ``sender`` is kept too, it also keys the sequence-gap counters)."""
     sender_ts = header.get("ts")
-    if sender_ts is not None and type(sender_ts) is not float:
-        sender_ts = _optional_number(header, "ts")
+    if sender_ts is not None and (type(sender_ts) is not float or not math.isfinite(sender_ts)):
+        sender_ts = _optional_number(header, "ts")  # validates (raises bad_header) or converts an int
     deadline = _optional_number(header, "deadline_ms") if "deadline_ms" in header else None
-    extra = header.keys() - KNOWN_HEADER_KEYS
+    extra = header.keys() - KNOWN_HEADER_KEYS - {"data"}
     meta = {k: header[k] for k in extra} if extra else {}
     if "sender" in header:
         meta["sender"] = header["sender"]
@@ -210,18 +217,5 @@ def sample_from_values(
     spec = known_model(specs, model)
     assert isinstance(model, str)
     arr = array_from_values(spec, model, values)
-    header = header or {}
-    meta: Dict[str, Any] = {k: v for k, v in header.items() if k not in KNOWN_HEADER_KEYS and k != "data"}
-    if "sender" in header:
-        meta["sender"] = header["sender"]
-    return Sample(
-        model=model,
-        seq=seq,
-        array=arr,
-        source=source,
-        t_arrival=time.monotonic() if t_arrival is None else t_arrival,
-        sender_ts=_optional_number(header, "ts"),
-        deadline_ms=_optional_number(header, "deadline_ms"),
-        meta=meta,
-    )
+    return _sample(model, seq, arr, source, header or {}, t_arrival)
 
