@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -41,39 +39,6 @@ log = logging.getLogger("edged.daemon")
 
 #: most inputs the router hands the dispatcher at once (it never waits to fill a batch)
 ROUTER_BATCH = 64
-
-
-class _JsonlFallback:
-    """Minimal line-atomic writer used only if edged.logs is unavailable."""
-
-    def __init__(self, path: Path, **_: Any) -> None:
-        import json
-
-        self._json = json
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._lock = threading.Lock()
-        self.lines = 0
-
-    def write(self, record: Dict[str, Any]) -> None:
-        data = (self._json.dumps(record, separators=(",", ":"), default=repr) + "\n").encode()
-        with self._lock:
-            os.write(self._fd, data)
-            self.lines += 1
-
-    def reopen(self) -> None:
-        with self._lock:
-            os.close(self._fd)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-
-    def stats(self) -> Dict[str, Any]:
-        return {"lines": self.lines}
 
 
 class DecisionEvents:
@@ -111,10 +76,8 @@ class DecisionEvents:
 
 
 def _writer(path: Path, cfg: Config) -> Any:
-    try:
-        from edged.logs import JsonlWriter
-    except ImportError:
-        return _JsonlFallback(path)
+    from edged.logs import JsonlWriter
+
     return JsonlWriter(path, max_bytes=cfg.logs.max_bytes, backups=cfg.logs.backups)
 
 
@@ -297,12 +260,7 @@ class Daemon:
         self.events.observe([record])
 
     def _record_many(self, records: List[Dict[str, Any]]) -> None:
-        write_many = getattr(self.decisions, "write_many", None)
-        if write_many is not None:
-            write_many(records)
-        else:
-            for r in records:
-                self.decisions.write(r)
+        self.decisions.write_many(records)
         self.events.observe(records)
 
     def _sink(self, sample: Any) -> bool:
@@ -440,13 +398,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_logging(cfg: Config) -> None:
-    level = getattr(logging, cfg.logs.level.upper(), logging.INFO)
-    try:
-        from edged.logs import setup_logging
-    except ImportError:
-        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-        return
-    setup_logging(level, journal=cfg.logs.journal, identifier="edged")
+    from edged.logs import setup_logging
+
+    setup_logging(getattr(logging, cfg.logs.level.upper(), logging.INFO), journal=cfg.logs.journal,
+                  identifier="edged")
 
 
 def main(args: argparse.Namespace) -> int:

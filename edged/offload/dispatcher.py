@@ -174,13 +174,7 @@ class Dispatcher:
 
     def submit(self, sample: Any) -> None:
         """Decide and start one input. May block while the local queue is full; never drops."""
-        job = self._decide_one(sample)
-        if job is None:
-            return
-        if job.decision is not None and job.decision.decision == "offload":
-            self._offload(job)
-        else:
-            self._enqueue_local(job)
+        self.submit_many([sample])
 
     def submit_many(self, samples: Sequence[Any]) -> None:
         """Decide and start several inputs (e.g. everything the router found queued).
@@ -418,15 +412,6 @@ class Dispatcher:
                 self._queued_us += job.est_us
             self._pending_us = 0.0
             self._cv.notify_all()
-
-    def _enqueue_local(self, job: _Job) -> None:
-        job.est_us = self.local.exec_us(job.sample.model) or 0.0
-        with self._cv:
-            while len(self._queue) >= self.max_local_queue and not self._stop.is_set():
-                self._cv.wait(0.1)  # backpressure: the caller waits, nothing is dropped
-            self._queue.append(job)
-            self._queued_us += job.est_us
-            self._cv.notify()
 
     def _worker(self, index: int) -> None:
         while True:
