@@ -177,14 +177,50 @@ SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("pat
 # --------------------------------------------------------------------------- validation
 
 
+def key_lines(text: str) -> Dict[str, int]:
+    """Line number (1-based) of every key path in a TOML text, as error messages spell them:
+    ``fog.endpoint``, ``power.ina219``, ``sources[1].url``. Best effort: only for pointing at lines."""
+    lines: Dict[str, int] = {}
+    table = ""
+    arrays: Dict[str, int] = {}
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[[") and line.endswith("]]"):
+            name = line[2:-2].strip()
+            arrays[name] = arrays.get(name, -1) + 1
+            table = f"{name}[{arrays[name]}]"
+            lines.setdefault(table, no)
+        elif line.startswith("[") and line.endswith("]"):
+            table = line[1:-1].strip()
+            lines.setdefault(table, no)
+        elif "=" in line:
+            key = line.split("=", 1)[0].strip().strip('"')
+            lines.setdefault(f"{table}.{key}" if table else key, no)
+    return lines
+
+
 class _Errors:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lines: Optional[Dict[str, int]] = None) -> None:
         self.path = path
+        self.lines = lines or {}
         self.items: List[str] = []
+
+    def _where(self, key: str) -> str:
+        probe = key
+        while probe:  # walk up: models.enabled[1] -> models.enabled; a missing sources[0].url -> sources[0]
+            if probe in self.lines:
+                return f"{self.path}:{self.lines[probe]}"
+            if probe.endswith("]"):
+                probe = probe.rsplit("[", 1)[0]
+            elif "." in probe:
+                probe = probe.rsplit(".", 1)[0]
+            else:
+                probe = ""
+        return self.path
 
     def add(self, key: str, value: Any, expected: str) -> None:
         shown = repr(value) if not isinstance(value, dict) else "a table"
-        self.items.append(f"{self.path}: {key} = {shown}: expected {expected}")
+        self.items.append(f"{self._where(key)}: {key} = {shown}: expected {expected}")
 
     def unknown(self, key: str, known: List[str]) -> None:
         leaf = key.rsplit(".", 1)[-1]
@@ -192,7 +228,7 @@ class _Errors:
         close = close or difflib.get_close_matches(leaf, known, n=1)
         hint = (" (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)" if close
                 else f" (known keys: {', '.join(sorted(known))})")
-        self.items.append(f"{self.path}: {key}: unknown key{hint}")
+        self.items.append(f"{self._where(key)}: {key}: unknown key{hint}")
 
 
 def _type_name(tp: str) -> str:
@@ -309,10 +345,11 @@ def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> List
     return applied
 
 
-def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: Optional[List[str]] = None
-                 ) -> Tuple[Config, List[str]]:
-    """Validate a raw TOML mapping; returns (config, errors). Never raises for bad values."""
-    errs = _Errors(path)
+def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: Optional[List[str]] = None,
+                 text: str = "") -> Tuple[Config, List[str]]:
+    """Validate a raw TOML mapping; returns (config, errors). Never raises for bad values.
+    With the file's ``text``, each error starts ``file:LINE:``."""
+    errs = _Errors(path, key_lines(text) if text else None)
     built: Dict[str, Any] = {}
     for key, value in raw.items():
         if key == "sources":
@@ -366,6 +403,7 @@ def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]
                 check_models: bool = True) -> Config:
     """Read, override from the environment, validate. Raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
+    text = ""
     if path is None:
         raw: Dict[str, Any] = {}
         shown = "<defaults>"
@@ -373,7 +411,9 @@ def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]
         shown = str(path)
         try:
             with open(path, "rb") as f:
-                raw = tomllib.load(f)
+                data = f.read()
+            text = data.decode("utf-8", errors="replace")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"{shown}: no such file") from None
         except tomllib.TOMLDecodeError as exc:
@@ -390,7 +430,7 @@ def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]
             known = Catalogue.discover([d for d in extra if isinstance(d, str) and Path(d).is_dir()]).names()
         except Exception:
             known = None
-    cfg, errors = parse_config(raw, shown, known)
+    cfg, errors = parse_config(raw, shown, known, text)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg

@@ -443,3 +443,14 @@ def test_full_notify_socket_never_blocks_the_daemon(tmp_path):
         assert results[0] and not results[-1], "the buffer filled up and later sends were dropped"
     finally:
         sink.close()
+
+
+def test_check_config_points_at_the_line(tmp_path):
+    f = tmp_path / "edged.toml"
+    f.write_text('# comment\n[fog]\nendpoint = "tcp://x:1"\ntimeout_ms = "fast"\n\n[[sources]]\ntype = "zmq"\n'
+                 '\n[[sources]]\ntype = "serial"\nframing = "slip"\n')
+    p = run_edged(["check-config", str(f)])
+    assert p.returncode == 1
+    assert f"{f}:4: fog.timeout_ms = 'fast': expected a number" in p.stderr
+    assert f"{f}:11: sources[1].framing = 'slip'" in p.stderr
+    assert f"{f}:9: sources[1].url = ''" in p.stderr, "a missing key points at its table"
