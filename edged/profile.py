@@ -184,12 +184,25 @@ def validation_inputs(entry: ModelEntry) -> tuple[np.ndarray, Optional[np.ndarra
 
 
 def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: int = 3, warmup: int = 20,
-                progress: Optional[Callable[[str], object]] = None) -> Dict[str, Any]:
-    """Measure one model x backend x threads. Times are µs per single input (batch of 1)."""
+                progress: Optional[Callable[[str], object]] = None, gap_ms: float = 0.0,
+                max_inputs: Optional[int] = None) -> Dict[str, Any]:
+    """Measure one model x backend x threads. Times are µs per single input (batch of 1).
+
+    ``gap_ms`` idles that long before each timed input, as a sparse sensor stream does: after an
+    idle gap caches are cold and a core may have to wake, so the worst case is larger than in a
+    back-to-back loop. ``max_inputs`` caps the inputs per pass (for long gaps).
+    """
     say = progress or (lambda _m: None)
     entry = cat.get(name)
     backend = cat.resolve_backend(name, backend)
     x, y, what = validation_inputs(entry)
+    if max_inputs:
+        x = x[:max_inputs]
+        y = y[:max_inputs] if y is not None else None
+        what += f", first {len(x)}"
+    gap_s = max(0.0, gap_ms) / 1e3
+    if gap_s:
+        what += f", {gap_ms:g} ms idle before each"
     reset_ok = reset_peak_rss()
     rss0 = rss_kb()
     t0 = time.perf_counter()
@@ -204,6 +217,8 @@ def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: 
         clock = time.perf_counter_ns
         for r in range(repeats):
             for i in range(n):
+                if gap_s:
+                    time.sleep(gap_s)
                 t = clock()
                 out = model.predict(x[i], validate=False)
                 times.append((clock() - t) / 1e3)
@@ -226,6 +241,7 @@ def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: 
         "stdev_us": round(statistics.pstdev(times), 1),
         "peak_rss_increase_kb": max(0, peak - rss0),
         "peak_rss_exact": reset_ok,
+        "gap_ms": gap_ms,
         "accuracy": None, "macro_f1": None,
         "manifest_accuracy": entry.metric(backend, "accuracy"),
         "measured_at": time.time(),
@@ -320,13 +336,14 @@ def _fmt(v: Any, nd: int = 0) -> str:
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    head = (f"{'model':<8} {'backend':<7} {'thr':>3} {'load ms':>8} {'WCET us':>9} {'p50':>8} {'p95':>8} {'p99':>8} "
-            f"{'mean':>8} {'stdev':>7} {'RSS+ MB':>8} {'acc':>6} {'F1':>6}")
+    head = (f"{'model':<8} {'backend':<7} {'thr':>3} {'gap ms':>6} {'load ms':>8} {'WCET us':>9} {'p50':>8} {'p95':>8} "
+            f"{'p99':>8} {'mean':>8} {'stdev':>7} {'RSS+ MB':>8} {'acc':>6} {'F1':>6}")
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["model"], r["backend"], r["threads"])):
         rss = r.get("peak_rss_increase_kb")
         lines.append(
-            f"{r['model']:<8} {r['backend']:<7} {r['threads']:>3} {_fmt(r['load_ms'], 1):>8} "
+            f"{r['model']:<8} {r['backend']:<7} {r['threads']:>3} {_fmt(float(r.get('gap_ms') or 0), 0):>6} "
+            f"{_fmt(r['load_ms'], 1):>8} "
             f"{_fmt(r['wcet_us'], 1):>9} "
             f"{_fmt(r['p50_us'], 1):>8} {_fmt(r['p95_us'], 1):>8} {_fmt(r['p99_us'], 1):>8} {_fmt(r['mean_us'], 1):>8} "
             f"{_fmt(r['stdev_us'], 1):>7} {_fmt(rss / 1024 if rss is not None else None, 1):>8} "
@@ -353,6 +370,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="thread count(s), comma-separated or repeated (default: 1)")
     p.add_argument("--repeats", "-r", type=int, default=3, help="passes over the validation set (default: 3)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up runs excluded from timing (default: 20)")
+    p.add_argument("--gap-ms", type=float, default=0.0, metavar="MS",
+                   help="idle this long before each timed input, as a sparse sensor stream does (default 0: "
+                        "back to back); the WCET after idle gaps is what a low-rate stream sees")
+    p.add_argument("--max-inputs", type=int, default=None, metavar="N",
+                   help="use at most N validation inputs per pass (handy with --gap-ms)")
     p.add_argument("--models-dir", action="append", default=[], metavar="DIR", help="extra models directory")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="where profile.json lives (default: $STATE_DIRECTORY or ~/.local/state/edged)")
@@ -362,7 +384,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], threads: Sequence[int],
-                repeats: int, warmup: int, progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+                repeats: int, warmup: int, progress: Optional[Callable[[str], None]] = None,
+                gap_ms: float = 0.0, max_inputs: Optional[int] = None) -> List[Dict[str, Any]]:
     from edged.runtime import available_backends, canonical_name
 
     avail = available_backends()
@@ -375,7 +398,7 @@ def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], 
                 log.warning("model %r has no %s artifact; skipped", name, b)
                 continue
             for t in threads:
-                results.append(profile_one(cat, name, b, t, repeats, warmup, progress))
+                results.append(profile_one(cat, name, b, t, repeats, warmup, progress, gap_ms, max_inputs))
     return results
 
 
@@ -409,7 +432,10 @@ def main(args: argparse.Namespace) -> int:
 
     progress(f"profiling {', '.join(models)}; warm-up {args.warmup} runs per model (excluded), "
              f"{args.repeats} passes over each validation set")
-    results = run_profile(cat, models, split_csv(args.backend), threads, args.repeats, args.warmup, progress)
+    if args.gap_ms < 0 or (args.max_inputs is not None and args.max_inputs < 1):
+        raise EdgedError(f"--gap-ms must be >= 0 and --max-inputs >= 1 (got {args.gap_ms}, {args.max_inputs})")
+    results = run_profile(cat, models, split_csv(args.backend), threads, args.repeats, args.warmup, progress,
+                          args.gap_ms, args.max_inputs)
     fp = device_fingerprint()
     if not args.no_store:
         prof = store_results(results, args.state_dir, fp)

@@ -72,3 +72,14 @@ def test_store_merges_and_keys_by_fingerprint(tmp_path):
     assert prof.wcet_us("m", "onnx", 2) == 10.0 and prof.wcet_us("m", "litert", 2) == 7.0
     assert prof.wcet_us("m", "onnx", 1) is None and prof.is_current("m", "onnx", 2, "h")
     assert load_profile(tmp_path, other).wcet_us("m", "onnx", 2) == 99.0
+
+
+def test_profile_with_idle_gaps_is_recorded_as_such(tmp_path):
+    p = run_edged(["profile", "--model", "mlp", "--backend", "onnx", "--repeats", "1", "--max-inputs", "20",
+                   "--gap-ms", "2", "--state-dir", str(tmp_path), "--json"], check=True)
+    (r,) = json.loads(p.stdout)["results"]
+    assert r["gap_ms"] == 2.0 and r["runs"] == 20 and "2 ms idle before each" in r["inputs"]
+    show = run_edged(["profile", "--show", "--state-dir", str(tmp_path)], check=True)
+    assert "gap ms" in show.stdout
+    bad = run_edged(["profile", "--gap-ms", "-1", "--state-dir", str(tmp_path)])
+    assert bad.returncode == 1 and "--gap-ms must be >= 0" in bad.stderr
