@@ -53,6 +53,7 @@ class DaemonConfig:
     state_dir: str = ""  # "" -> $STATE_DIRECTORY, else ~/.local/state/edged
     profile_on_start: bool = True
     profile_repeats: int = field(default=3, metadata=_min(1))
+    profile_gap_ms: float = field(default=0.0, metadata=_min(0))  # idle before each timed input (sparse streams)
     status_interval_s: float = field(default=2.0, metadata=_min(0.1))
     shutdown_timeout_s: float = field(default=20.0, metadata=_min(0.5))
     max_inputs: int = field(default=0, metadata=_min(0))  # stop after N decisions; 0 = run until signalled

@@ -141,7 +141,7 @@ class Daemon:
                 self._status(f"profiling {name}/{backend} ({i}/{len(missing)}): no stored WCET for this device")
                 self.notifier.extend_timeout(120)  # a slow board must not hit TimeoutStartSec= while profiling
                 rows.append(profile_one(cat, name, backend, threads, repeats=self.cfg.daemon.profile_repeats,
-                                        progress=self.notifier.status))
+                                        progress=self.notifier.status, gap_ms=self.cfg.daemon.profile_gap_ms))
             prof = store_results(rows, sd)
             self.profile_rows = rows
             log.info("profile stored in %s", prof.path)
