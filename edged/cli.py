@@ -18,16 +18,27 @@ from edged.errors import EdgedError
 
 #: name -> (module, one-line help). Order is the order shown by ``edged --help``.
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "run": ("edged.daemon", "run the daemon: sources -> decide -> local or fog -> decision log"),
-    "fog": ("edged.offload.fog_server", "run a fog node that serves offloaded inputs over ZeroMQ"),
-    "profile": ("edged.profile", "measure each model's WCET and accuracy on this device; store the table"),
-    "models": ("edged.models", "list the model catalogue and verify every artifact's sha256"),
-    "sim": ("edged.sim", "simulate a sensor: replay a validation set over serial, a pty or ZeroMQ"),
-    "tail": ("edged.tail", "follow the decision or power log as readable lines with a running summary"),
-    "report": ("edged.report", "summarise a log directory per model and decision (PNG with matplotlib)"),
-    "check-config": ("edged.config", "validate a config file; exit 0 if valid, 1 with every error if not"),
+    "run": ("edged.daemon", "run the daemon: sensors -> local or fog -> decision log"),
+    "fog": ("edged.offload.fog_server", "run a fog node serving offloaded inputs over ZeroMQ"),
+    "profile": ("edged.profile", "measure WCET and accuracy of each model on this device"),
+    "models": ("edged.models", "list the model catalogue and verify every sha256"),
+    "sim": ("edged.sim", "simulate a sensor over serial, a pty or ZeroMQ"),
+    "tail": ("edged.tail", "follow the decision or power log, with a summary"),
+    "report": ("edged.report", "summarise a log directory per model and decision"),
+    "check-config": ("edged.config", "validate a config file (exit 0 if valid, 1 if not)"),
     "keys": ("edged.offload.keys", "generate CURVE key pairs for the edge<->fog link"),
 }
+
+
+class _OneLineHelp(argparse.HelpFormatter):
+    """argparse measures subcommand names at a shallower indent than it prints them, so the longest
+    ('check-config') would wrap onto its own line; measure them where they are printed."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max((len(a.dest) for a in action._get_subactions()), default=0)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + 4)
 
 
 def _chosen_command(argv: List[str]) -> Optional[str]:
@@ -44,6 +55,7 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
         prog="edged",
         description="On-device ML offloading daemon: runs each sensor input locally or on a fog node.",
         epilog="Run 'edged COMMAND --help' for the options of one command.",
+        formatter_class=_OneLineHelp,
     )
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")

@@ -8,9 +8,11 @@ from .conftest import run_edged
 
 
 def test_help_lists_every_subcommand_with_one_line():
-    p = run_edged(["--help"], check=True)
-    for name in COMMANDS:
-        assert name in p.stdout
+    p = run_edged(["--help"], check=True, env={"COLUMNS": "80"})
+    lines = p.stdout.splitlines()
+    for name, (_, help_line) in COMMANDS.items():
+        (line,) = [ln for ln in lines if ln.strip().startswith(name + " ")]
+        assert help_line in line, f"{name}: help not on its own line at 80 columns"
     assert "offloading" in p.stdout.lower()
 
 
