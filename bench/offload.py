@@ -173,7 +173,7 @@ def measure_local(models: Dict[str, Any], inputs: Dict[str, np.ndarray], runs: i
 
 def run_pass(policy: str, fog: Fog, models: Dict[str, Any], stream: List[Tuple[str, np.ndarray]],
              schedule: List[Tuple[float, Dict[str, Any]]], period_s: float, prof: Dict[str, Dict[str, float]],
-             fog_timeout_s: float) -> List[Dict[str, Any]]:
+             fog_timeout_s: float, burst: int = 1) -> List[Dict[str, Any]]:
     records: List[Dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -196,7 +196,7 @@ def run_pass(policy: str, fog: Fog, models: Dict[str, Any], stream: List[Tuple[s
     proxy.schedule(schedule)
     t0 = time.monotonic()
     for i, (name, x) in enumerate(stream):
-        wait = t0 + i * period_s - time.monotonic()
+        wait = t0 + (i // burst) * burst * period_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         d.submit(Sample(model=name, seq=i, array=x, source="bench", meta={"t_rel": time.monotonic() - t0}))
@@ -228,6 +228,9 @@ def main() -> int:
     ap.add_argument("--fog-timeout-s", type=float, default=1.0)
     ap.add_argument("--edge-slowdown", type=float, default=3.0,
                     help="edge models run this many times slower than the host (sleep), like a Pi vs a fog server")
+    ap.add_argument("--burst", type=int, default=1,
+                    help="inputs arrive N at a time, every N periods (same average rate; default 1). Bursts build "
+                         "a local queue, which the paper's threshold rule ignores and adaptive accounts for")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "offload.json"))
     ap.add_argument("--dump", metavar="FILE", help="also write every decision record (JSON lines) here")
     args = ap.parse_args()
@@ -264,7 +267,7 @@ def main() -> int:
         for policy in POLICIES:
             print(f"pass {policy}: {n_inputs} inputs over {total_s:.0f} s ...", file=sys.stderr, flush=True)
             results[policy] = run_pass(policy, fog, models, stream, schedule, args.period_ms / 1000, prof,
-                                       args.fog_timeout_s)
+                                       args.fog_timeout_s, max(1, args.burst))
     finally:
         fog.stop()
         for m in models.values():
@@ -320,7 +323,8 @@ def main() -> int:
     out = {
         "bench": "offload", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "setup": {"period_ms": args.period_ms, "inputs_per_pass": n_inputs, "stream": "bigcnn, cnn, mlp repeated",
+        "setup": {"period_ms": args.period_ms, "burst": args.burst, "inputs_per_pass": n_inputs,
+                  "stream": "bigcnn, cnn, mlp repeated",
                   "bigcnn_input": [3, args.size, args.size], "edge_threads": 1, "edge_local_workers": 1,
                   "edge_slowdown": args.edge_slowdown,
                   "fog_workers": 1, "fog_threads": args.fog_threads, "fog_timeout_s": args.fog_timeout_s,
