@@ -25,7 +25,6 @@ Models (Saguil & Azim's pair):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -38,27 +37,14 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # edged from this checkout, installed or not
+
+# The same sha256 the catalogue verifies and the same macro-F1 `edged profile` re-measures.
+from edged.models import sha256_file  # noqa: E402
+from edged.profile import macro_f1  # noqa: E402
+
 SEED = 20240501
 OPSET = 13
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    f1s = []
-    for c in range(n_classes):
-        tp = int(np.sum((y_pred == c) & (y_true == c)))
-        fp = int(np.sum((y_pred == c) & (y_true != c)))
-        fn = int(np.sum((y_pred != c) & (y_true == c)))
-        denom = 2 * tp + fp + fn
-        f1s.append(0.0 if denom == 0 else 2 * tp / denom)
-    return float(np.mean(f1s))
 
 
 def split(x: np.ndarray, y: np.ndarray, frac: float = 0.25) -> Tuple[np.ndarray, ...]:
@@ -113,7 +99,8 @@ def train_mlp(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
         tf.keras.layers.Dense(32, activation="relu", name="hidden"),
         tf.keras.layers.Dense(2, activation="softmax", name="probs"),
     ])
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     model.fit(z_tr, d["y_tr"], epochs=60, batch_size=32, verbose=0, shuffle=True)
     # Fold standardisation into the first Dense layer: W' = W / std, b' = b - (mean / std) @ W.
     w1, b1 = model.get_layer("hidden").get_weights()
@@ -135,7 +122,8 @@ def train_cnn(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
         tf.keras.layers.Dense(128, activation="relu", name="dense"),
         tf.keras.layers.Dense(10, activation="softmax", name="probs"),
     ])
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     model.fit(d["x_tr"], d["y_tr"], epochs=30, batch_size=32, verbose=0, shuffle=True)
     return model, {"scale": "pixel / 16.0 -> [0, 1]"}
 
@@ -241,9 +229,9 @@ def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     return it.get_tensor(it.get_output_details()[0]["index"]).copy()
 
 
-def metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> Dict[str, float]:
+def metrics(probs: np.ndarray, y: np.ndarray) -> Dict[str, float]:
     pred = probs.argmax(axis=1)
-    return {"accuracy": round(float(np.mean(pred == y)), 6), "macro_f1": round(macro_f1(y, pred, n_classes), 6)}
+    return {"accuracy": round(float(np.mean(pred == y)), 6), "macro_f1": round(macro_f1(y, pred), 6)}
 
 
 def count_flops(model) -> Tuple[int, int]:  # type: ignore[no-untyped-def]
@@ -316,9 +304,9 @@ def build(name: str, out_dir: Path) -> Dict[str, Any]:
         "parameters": params,
         "flops": flops,
         "metrics": {
-            "keras": metrics(keras_p, y_va, n_classes),
-            "onnx": metrics(onnx_p, y_va, n_classes),
-            "litert": metrics(tfl_p, y_va, n_classes),
+            "keras": metrics(keras_p, y_va),
+            "onnx": metrics(onnx_p, y_va),
+            "litert": metrics(tfl_p, y_va),
             "max_abs_output_delta": delta,
         },
         "dataset": d["dataset"],
