@@ -14,7 +14,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from edged import __version__
-from edged.errors import EdgedError
+from edged.errors import EXIT_CONFIG, ConfigError, EdgedError
 
 #: name -> (module, one-line help). Order is the order shown by ``edged --help``.
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -93,6 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         setup_logging(args.verbose)
     try:
         return int(args._main(args) or 0)
+    except ConfigError as exc:  # a distinct status: the units do not restart on it
+        print(f"edged {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except EdgedError as exc:
         print(f"edged {args.command}: error: {exc}", file=sys.stderr)
         return 1

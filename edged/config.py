@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from edged.errors import ConfigError
+from edged.errors import EXIT_CONFIG, ConfigError
 
 try:
     import tomllib  # type: ignore[import-not-found]
@@ -454,7 +454,7 @@ def main(args: argparse.Namespace) -> int:
         for line in lines:
             print(line, file=sys.stderr)
         print(f"edged check-config: {len(lines)} error(s)", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     if not args.quiet:
         srcs = ", ".join(f"{s.type}:{getattr(s, 'endpoint', '') or getattr(s, 'url', '')}" for s in cfg.sources)
         print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; policy {cfg.policy.default}; "

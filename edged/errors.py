@@ -7,6 +7,11 @@ line or a CLI message is enough to fix the problem without reading code.
 from __future__ import annotations
 
 
+#: exit status of any edged command for an invalid configuration (sysexits EX_CONFIG); the
+#: systemd units list it in RestartPreventExitStatus= so a config error does not restart-loop
+EXIT_CONFIG = 78
+
+
 class EdgedError(Exception):
     """Base class for every error edged raises on purpose."""
 

@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from edged.config import load_config
+from edged.errors import EXIT_CONFIG
 from edged.notify import Notifier
 
 from .conftest import REPO, run_edged
@@ -373,14 +374,14 @@ def test_check_config_messages(tmp_path, text, expected):
     f = tmp_path / "bad.toml"
     f.write_text(text)
     p = run_edged(["check-config", str(f)])
-    assert p.returncode == 1
+    assert p.returncode == EXIT_CONFIG
     assert str(f) in p.stderr and expected in p.stderr
 
 
 def test_check_config_ok_example_and_missing_file(tmp_path):
     assert run_edged(["check-config", str(REPO / "systemd" / "edged.toml")]).returncode == 0
     p = run_edged(["check-config", str(tmp_path / "nope.toml")])
-    assert p.returncode == 1 and "no such file" in p.stderr
+    assert p.returncode == EXIT_CONFIG and "no such file" in p.stderr
 
 
 def test_env_overrides(tmp_path):
@@ -390,7 +391,7 @@ def test_env_overrides(tmp_path):
     assert cfg.fog.timeout_ms == 42.0 and cfg.sources[0].endpoint == "tcp://127.0.0.1:6000"
     assert cfg.policy.models == {"cnn": "threshold"}
     p = run_edged(["check-config", str(f)], env={"EDGED_LOCAL__WORKERS": "-1"})
-    assert p.returncode == 1 and "local.workers = -1" in p.stderr
+    assert p.returncode == EXIT_CONFIG and "local.workers = -1" in p.stderr
 
 
 def test_fog_node_notifies_systemd(tmp_path):
@@ -450,7 +451,7 @@ def test_check_config_points_at_the_line(tmp_path):
     f.write_text('# comment\n[fog]\nendpoint = "tcp://x:1"\ntimeout_ms = "fast"\n\n[[sources]]\ntype = "zmq"\n'
                  '\n[[sources]]\ntype = "serial"\nframing = "slip"\n')
     p = run_edged(["check-config", str(f)])
-    assert p.returncode == 1
+    assert p.returncode == EXIT_CONFIG
     assert f"{f}:4: fog.timeout_ms = 'fast': expected a number" in p.stderr
     assert f"{f}:11: sources[1].framing = 'slip'" in p.stderr
     assert f"{f}:9: sources[1].url = ''" in p.stderr, "a missing key points at its table"
