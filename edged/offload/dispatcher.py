@@ -158,6 +158,8 @@ class Dispatcher:
         self.counts: Dict[str, int] = {d: 0 for d in DECISIONS}
         self.per_model: Dict[str, int] = {}
         self.errors = 0
+        self.ingest_rejected = 0  # records of messages a source refused (never accepted)
+        self.sink_failures = 0  # records the sink raised on: counted as lost, never as written
         self._seq = 0
         self._workers = [threading.Thread(target=self._worker, args=(i,), name=f"dispatch-local-{i}", daemon=True)
                          for i in range(local_workers)]
@@ -230,11 +232,23 @@ class Dispatcher:
             job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
         return job
 
-    def record_rejected(self, sample: Any, reason: str) -> None:
+    def record_rejected(self, sample: Any, reason: str, detail: Optional[str] = None) -> None:
         """Write a ``rejected`` record for an input refused after it was accepted (e.g. queue drop-oldest)."""
         job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
         self._track(job)
-        self._emit(job, "rejected", reason=reason, error=reason)
+        self._emit(job, "rejected", reason=reason, error=detail or reason)
+
+    def record_rejection(self, rejection: Any) -> None:
+        """Write the ``rejected`` record of a message a source refused whose header named a loaded model.
+
+        ``rejection`` carries ``model``, ``reason``, ``detail``, ``source``, ``sender``, ``seq``,
+        ``t_arrival``, ``sender_ts`` and ``meta`` (see :class:`edged.sources.base.Rejection`). Such
+        records are counted apart (``ingest_rejected``): the input was never accepted, so they do not
+        enter the accepted = decided balance.
+        """
+        with self._sink_lock:
+            self.ingest_rejected += 1
+        self.record_rejected(rejection, rejection.reason, detail=getattr(rejection, "detail", None) or None)
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Finish every submitted input (one record each), then stop threads.
@@ -269,7 +283,8 @@ class Dispatcher:
             in_flight = len(self._outstanding)
             qlen = len(self._queue) + len(self._fallbacks)
         return {"decisions": dict(self.counts), "models": dict(self.per_model), "in_flight": in_flight,
-                "local_queue": qlen, "errors": self.errors,
+                "local_queue": qlen, "errors": self.errors, "ingest_rejected": self.ingest_rejected,
+                "sink_failures": self.sink_failures,
                 "fog": None if self.fog is None else self.breaker.state,
                 "refused_models": sorted(self._refused)}
 
@@ -591,7 +606,11 @@ class Dispatcher:
             "latency_us": _r((t_end - sample.t_arrival) * 1e6),
             "exec_us": _r(exec_us), "transfer_us": _r(transfer_us), "result": result, "error": error,
             "fog_error": job.fog_error, "energy_mj": _r(energy_mj, 4), "batch": batch,
+            "sender": getattr(sample, "sender", None), "sender_ts": getattr(sample, "sender_ts", None),
         }
+        meta = getattr(sample, "meta", None)
+        if meta:
+            rec["meta"] = meta
         if i.objective == "energy":
             rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
                        expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
@@ -629,7 +648,8 @@ class Dispatcher:
                     for rec in recs:
                         self.sink(rec)
             except Exception:  # a failing sink must not kill the thread that finished the input
-                log.exception("decision sink failed")
+                self.sink_failures += len(recs)  # not written: the daemon reports them as lost
+                log.exception("decision sink failed: %d record(s) lost", len(recs))
 
     # ---- helpers -------------------------------------------------------------------------------
     def _begin(self, kind: str) -> Any:
