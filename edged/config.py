@@ -8,21 +8,31 @@ and runs as the service's ``ExecStartPre=``.
 Environment overrides: ``EDGED_<SECTION>__<KEY>=value`` (double underscore
 between levels, case-insensitive), e.g. ``EDGED_FOG__ENDPOINT=tcp://10.0.0.2:5556``
 or ``EDGED_SOURCES__0__URL=/dev/ttyACM0``. Values are parsed as TOML values
-(``true``, ``3``, ``[1, 2]``), falling back to a plain string.
+(``true``, ``3``, ``[1, 2]``), falling back to a plain string. An error in a value that
+came from the environment names the variable (``EDGED_FOG__ENDPOINT: fog.endpoint = ...``)
+instead of a file line.
+
+Beyond types and ranges, :func:`load_config` checks what ``edged run`` needs before it
+reports READY: ZeroMQ endpoint and serial URL syntax (:mod:`edged.endpoints`), the types
+of the power adapters' options (from their constructors' annotations), that ``models.dirs``
+and the CURVE key files exist, and that no two sources share a name or an endpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import difflib
 import inspect
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from edged.endpoints import check_serial_url, parse_zmq_endpoint, serial_scheme
 from edged.errors import EXIT_CONFIG, ConfigError
 
 try:
@@ -67,6 +77,7 @@ class LogsConfig:
     backups: int = field(default=5, metadata=_min(0))
     journal: str = field(default="auto", metadata=_choices(*JOURNAL_MODES))
     level: str = field(default="info", metadata=_choices(*LOG_LEVELS))
+    spool_records: int = field(default=10000, metadata=_min(0))  # records held in memory while the log disk fails
 
 
 @dataclass(frozen=True)
@@ -201,14 +212,18 @@ def key_lines(text: str) -> Dict[str, int]:
 
 
 class _Errors:
-    def __init__(self, path: str, lines: Optional[Dict[str, int]] = None) -> None:
+    def __init__(self, path: str, lines: Optional[Dict[str, int]] = None,
+                 env: Optional[Mapping[str, str]] = None) -> None:
         self.path = path
         self.lines = lines or {}
+        self.env = env or {}  # key path -> the EDGED_* variable that set it
         self.items: List[str] = []
 
     def _where(self, key: str) -> str:
         probe = key
         while probe:  # walk up: models.enabled[1] -> models.enabled; a missing sources[0].url -> sources[0]
+            if probe in self.env:
+                return f"{self.env[probe]} (environment)"
             if probe in self.lines:
                 return f"{self.path}:{self.lines[probe]}"
             if probe.endswith("]"):
@@ -259,8 +274,9 @@ def _coerce(value: Any, tp: str) -> Tuple[bool, Any]:
     raise AssertionError(f"unhandled config type {tp}")
 
 
-def _adapter_params(kind: str) -> Optional[List[str]]:
-    """Constructor keywords of a power adapter, so typos in [power.<kind>] fail check-config."""
+def _adapter_params(kind: str) -> Optional[Dict[str, Any]]:
+    """Constructor keywords of a power adapter and their annotated types (``Any`` where unknown),
+    so typos and wrongly typed values in [power.<kind>] fail check-config, not the sampler."""
     try:
         from edged.power.base import power_source_class
 
@@ -270,7 +286,49 @@ def _adapter_params(kind: str) -> Optional[List[str]]:
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return None
-    return [n for n in params if n != "self"]
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation this Python cannot evaluate: check names only
+        hints = {}
+    return {n: hints.get(n, Any) for n in params if n != "self"}
+
+
+def _hint_accepts(hint: Any, value: Any) -> bool:
+    """Whether a TOML value fits a constructor annotation (no conversion: "1" is not an int)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_hint_accepts(a, value) for a in args if a is not type(None))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = args[0] if args else Any
+        return isinstance(value, list) and all(_hint_accepts(item, v) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    return False  # a callable, a class...: nothing a config file can hold
+
+
+def _hint_text(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_hint_text(a) for a in args if a is not type(None))
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    if origin in (list, tuple, collections.abc.Sequence):
+        return "a list" + (f" of {_hint_text(args[0]).split(' ', 1)[-1]}s" if args and args[0] in simple else "")
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return "a table"
+    name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return f"a {name} (which a config file cannot set)"
 
 
 def _build(cls: Any, raw: Any, prefix: str, errs: _Errors) -> Any:
@@ -307,9 +365,11 @@ def _build(cls: Any, raw: Any, prefix: str, errs: _Errors) -> Any:
         if "adapter" in meta:
             params = _adapter_params(meta["adapter"])
             if params is not None:
-                for k in val:
+                for k, v in val.items():
                     if k not in params:
-                        errs.unknown(f"{kp}.{k}", params)
+                        errs.unknown(f"{kp}.{k}", list(params))
+                    elif not _hint_accepts(params[k], v):
+                        errs.add(f"{kp}.{k}", v, _hint_text(params[k]))
         kwargs[key] = val
     return cls(**kwargs)
 
@@ -321,36 +381,66 @@ def _parse_env_value(text: str) -> Any:
         return text
 
 
-def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> List[str]:
-    """Apply EDGED_<SECTION>__<KEY> variables to the raw TOML dict; returns the keys overridden."""
-    applied = []
+#: EDGED_* variables that are not config overrides
+NOT_OVERRIDES = ("EDGED_MODELS_DIR",)
+
+
+def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> Dict[str, str]:
+    """Apply EDGED_<SECTION>__<KEY> variables to the raw TOML dict.
+
+    Returns ``{key path: variable}`` for every key overridden, key paths spelt as error
+    messages spell them (``fog.endpoint``, ``sources[0].url``), so an error in an overridden
+    value names the variable. ``EDGED_FOG_ENDPOINT`` (one underscore after a section name) is
+    an error: it would otherwise be ignored without a word."""
+    applied: Dict[str, str] = {}
+    sections = list(SECTIONS) + ["sources"]
     for var, text in sorted(environ.items()):
-        if not var.startswith("EDGED_") or "__" not in var:
+        if not var.startswith("EDGED_") or var in NOT_OVERRIDES:
+            continue
+        if "__" not in var:
+            rest = var[len("EDGED_"):].lower()
+            for sec in sections:
+                if rest.startswith(sec + "_"):
+                    fixed = f"EDGED_{sec.upper()}__{rest[len(sec) + 1:].upper()}"
+                    raise ConfigError(f"{var}: not a config override: use two underscores between the section "
+                                      f"and the key, e.g. {fixed}")
             continue
         parts = [p.lower() for p in var[len("EDGED_"):].split("__")]
         node: Any = raw
+        keypath = ""
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
                 if not part.isdigit():
-                    raise ConfigError(f"{var}: '{part}' must be an index into the list at {'.'.join(parts[:i])}")
+                    raise ConfigError(f"{var}: '{part}' must be an index into the list at {keypath}")
                 idx = int(part)
                 while len(node) <= idx:
                     node.append({})
                 node = node[idx]
+                keypath += f"[{idx}]"
+            elif isinstance(node, dict):
+                node = node.setdefault(part, [] if (part == "sources" and i == 0) else {})
+                keypath = f"{keypath}.{part}" if keypath else part
             else:
-                node = node.setdefault(part, [] if part == "sources" else {})
+                raise ConfigError(f"{var}: {keypath} is {node!r} in the file, not a table, so it has no key '{part}'")
         if isinstance(node, list):
             raise ConfigError(f"{var}: name a key inside the list, e.g. EDGED_SOURCES__0__URL")
+        if not isinstance(node, dict):
+            raise ConfigError(f"{var}: {keypath} is {node!r} in the file, not a table, so it has no key "
+                              f"'{parts[-1]}'")
         node[parts[-1]] = _parse_env_value(text)
-        applied.append(".".join(parts))
+        applied[f"{keypath}.{parts[-1]}" if keypath else parts[-1]] = var
     return applied
 
 
 def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: Optional[List[str]] = None,
-                 text: str = "") -> Tuple[Config, List[str]]:
+                 text: str = "", env_keys: Optional[Mapping[str, str]] = None,
+                 check_paths: bool = False) -> Tuple[Config, List[str]]:
     """Validate a raw TOML mapping; returns (config, errors). Never raises for bad values.
-    With the file's ``text``, each error starts ``file:LINE:``."""
-    errs = _Errors(path, key_lines(text) if text else None)
+
+    With the file's ``text``, each error starts ``file:LINE:``; a key in ``env_keys`` (key path ->
+    variable, from :func:`apply_env_overrides`) starts with the variable instead. ``check_paths``
+    also checks the file system: ``models.dirs`` and the CURVE key files must exist."""
+    errs = _Errors(path, key_lines(text) if text else None, env_keys)
     built: Dict[str, Any] = {}
     for key, value in raw.items():
         if key == "sources":
@@ -361,6 +451,7 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
         cls = SECTIONS[key].default_factory  # type: ignore[misc]
         built[key] = _build(cls, value, key, errs)
     sources: List[Any] = []
+    where: List[int] = []  # index in the file of each built source
     raw_sources = raw.get("sources", [])
     if not isinstance(raw_sources, list):
         errs.add("sources", raw_sources, "an array of tables: [[sources]]")
@@ -375,15 +466,25 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
             errs.add(f"{kp}.type", kind, "one of " + ", ".join(repr(k) for k in SOURCE_TYPES))
             continue
         src = _build(SOURCE_TYPES[kind], s, kp, errs)
-        if kind == "serial" and not src.url:
-            errs.add(f"{kp}.url", src.url, "a serial port path or URL (/dev/ttyUSB0, loop://, socket://host:port)")
-        if kind == "serial" and not src.name:
-            src = dataclasses.replace(src, name=f"serial:{src.url}")
+        if kind == "serial":
+            why = check_serial_url(src.url)
+            if why:
+                errs.add(f"{kp}.url", src.url, why)
+            if not src.name:
+                src = dataclasses.replace(src, name=f"serial:{src.url}")
+        else:
+            why = parse_zmq_endpoint(src.endpoint, bind=src.bind)[1]
+            if why:
+                errs.add(f"{kp}.endpoint", src.endpoint, why)
         sources.append(src)
-    names = [s.name for s in sources]
-    for n in {n for n in names if names.count(n) > 1}:
-        errs.add("sources[].name", n, "a unique name per source (set name = \"...\" on each)")
+        where.append(i)
     cfg = Config(path=path, sources=tuple(sources), **built)
+    why = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[1]
+    if why:
+        errs.add("fog.endpoint", cfg.fog.endpoint, why)
+    _check_conflicts(cfg, where, errs)
+    if check_paths:
+        _check_paths(cfg, errs)
     if known_models is not None:
         for i, m in enumerate(cfg.models.enabled):
             if m not in known_models:
@@ -394,10 +495,105 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
         for m in cfg.models.backends:
             if m not in known_models:
                 errs.add(f"models.backends.{m}", m, "a model in the catalogue: " + ", ".join(known_models))
-        for i, s in enumerate(cfg.sources):
+        for i, s in zip(where, cfg.sources):
             if isinstance(s, SerialSourceConfig) and s.model and s.model not in known_models:
                 errs.add(f"sources[{i}].model", s.model, "a model in the catalogue: " + ", ".join(known_models))
     return cfg, errs.items
+
+
+def _endpoints_clash(a: ZmqSourceConfig, b: ZmqSourceConfig) -> bool:
+    """Two ZeroMQ sources that cannot both work: binding one address (the second bind fails with
+    EADDRINUSE; ``*`` covers every host) or connecting twice to one peer."""
+    if a.bind != b.bind:
+        return False
+    pa, pb = parse_zmq_endpoint(a.endpoint, a.bind)[0], parse_zmq_endpoint(b.endpoint, b.bind)[0]
+    if pa is None or pb is None or pa.transport != pb.transport:
+        return a.endpoint == b.endpoint
+    if pa.transport == "tcp" and a.bind:
+        if pa.port == "*" or pb.port == "*" or pa.port != pb.port:
+            return False
+        return pa.host == pb.host or pa.is_wildcard_host or pb.is_wildcard_host
+    if pa.address == "*":
+        return False  # ipc://* binds a fresh random path each time
+    return pa.address == pb.address
+
+
+def _check_conflicts(cfg: Config, where: List[int], errs: _Errors) -> None:
+    """Sources that would fight over a name, an address or a port, and a fog that is this daemon."""
+    seen_names: Dict[str, int] = {}
+    for i, s in zip(where, cfg.sources):
+        if s.name in seen_names:
+            errs.add(f"sources[{i}].name", s.name, f"a name no other source has (sources[{seen_names[s.name]}] "
+                                                   "has it; set name = \"...\" on each)")
+        else:
+            seen_names[s.name] = i
+    for j, (i, s) in enumerate(zip(where, cfg.sources)):
+        for k, t in zip(where[:j], cfg.sources[:j]):
+            if isinstance(s, ZmqSourceConfig) and isinstance(t, ZmqSourceConfig) and _endpoints_clash(s, t):
+                verb = "binds" if s.bind else "connects to"
+                errs.add(f"sources[{i}].endpoint", s.endpoint,
+                         f"an endpoint no other source uses (sources[{k}] already {verb} {t.endpoint!r})")
+                break
+            if (isinstance(s, SerialSourceConfig) and isinstance(t, SerialSourceConfig) and s.url == t.url
+                    and serial_scheme(s.url) != "loop"):
+                errs.add(f"sources[{i}].url", s.url, f"a port no other source opens (sources[{k}] opens it)")
+                break
+    if not cfg.fog.enabled:
+        return
+    fog = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[0]
+    if fog is None:
+        return
+    for i, s in zip(where, cfg.sources):
+        if not isinstance(s, ZmqSourceConfig) or not s.bind:
+            continue
+        src = parse_zmq_endpoint(s.endpoint, bind=True)[0]
+        if src is None or src.transport != fog.transport:
+            continue
+        same = (src.port == fog.port and (src.is_wildcard_host or src.host == fog.host or fog.is_loopback_host)
+                if fog.transport == "tcp" else src.address == fog.address)
+        if same:
+            errs.add("fog.endpoint", cfg.fog.endpoint,
+                     f"the fog node's address, not this daemon's own source sources[{i}] ({s.endpoint!r})")
+
+
+def _check_paths(cfg: Config, errs: _Errors) -> None:
+    """What must exist on this machine for ``edged run`` to start."""
+    for i, d in enumerate(cfg.models.dirs):
+        p = Path(d)
+        if not p.is_dir():
+            state = "is not a directory" if p.exists() else "does not exist"
+            rel = "" if p.is_absolute() else f" (relative to the working directory {os.getcwd()})"
+            errs.add(f"models.dirs[{i}]", d, f"an existing directory of <model>/manifest.json folders: {d} "
+                                             f"{state}{rel}")
+    fc = cfg.fog
+    if fc.enabled:
+        server = fc.curve_server_public_key
+        if server and not (len(server) == 40 and not os.path.exists(server)) and not os.path.isfile(server):
+            errs.add("fog.curve_server_public_key", server,
+                     "the fog's public certificate file from 'edged keys' (or its 40-character z85 key): "
+                     "no such file")
+        client = fc.curve_client_secret_key
+        if client and not os.path.isfile(client):
+            errs.add("fog.curve_client_secret_key", client,
+                     "this edge's .key_secret certificate file from 'edged keys': no such file")
+
+
+def writable_dir_problem(path: os.PathLike) -> Optional[str]:
+    """``None`` if this process can create files in ``path`` (or create ``path`` itself, where it does
+    not exist yet), else why not. Creates nothing: ``edged check-config`` uses it on the logs dir."""
+    p = Path(os.fspath(path))
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        who = f"uid {os.getuid()}" if hasattr(os, "getuid") else "this user"
+        what = "is not writable" if probe == p else f"does not exist and {probe} is not writable"
+        return f"{p} {what} by {who}"
+    return None
 
 
 def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]] = None,
@@ -421,7 +617,7 @@ def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]
             raise ConfigError(f"{shown}: not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{shown}: cannot read: {exc}") from None
-    apply_env_overrides(raw, env)
+    env_keys = apply_env_overrides(raw, env)
     known = None
     if check_models:
         from edged.models import Catalogue
@@ -431,7 +627,7 @@ def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]
             known = Catalogue.discover([d for d in extra if isinstance(d, str) and Path(d).is_dir()]).names()
         except Exception:
             known = None
-    cfg, errors = parse_config(raw, shown, known, text)
+    cfg, errors = parse_config(raw, shown, known, text, env_keys=env_keys, check_paths=True)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
@@ -449,6 +645,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, environ={} if args.no_env else None)
+        log_dir = cfg.resolved_log_dir()
+        problem = writable_dir_problem(log_dir)
+        if problem:
+            raise ConfigError(f"{cfg.path}: logs dir {log_dir}: expected a directory edged can write its "
+                              f"records in: {problem}")
     except ConfigError as exc:
         lines = str(exc).splitlines()
         for line in lines:
