@@ -45,3 +45,7 @@ class BackendError(EdgedError):
 
 class ConfigError(EdgedError):
     """A configuration file or value is invalid."""
+
+
+class LogStorageError(EdgedError):
+    """The logs directory or a log file cannot be created or written; the message says what to do."""
