@@ -47,5 +47,9 @@ class ConfigError(EdgedError):
     """A configuration file or value is invalid."""
 
 
+class Interrupted(EdgedError):
+    """Work stopped early because a stop was requested (SIGTERM during start-up profiling)."""
+
+
 class LogStorageError(EdgedError):
     """The logs directory or a log file cannot be created or written; the message says what to do."""

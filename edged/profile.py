@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from edged.errors import EdgedError, ManifestError
+from edged.errors import EdgedError, Interrupted, ManifestError
 from edged.models import Catalogue, ModelEntry, split_csv
 
 log = logging.getLogger(__name__)
@@ -183,16 +184,27 @@ def validation_inputs(entry: ModelEntry) -> tuple[np.ndarray, Optional[np.ndarra
         return x, None, f"{SYNTHETIC_INPUTS} synthetic inputs (no validation set: accuracy not measured)"
 
 
+def _check_stop(stop: Optional[threading.Event], name: str, where: str) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted(f"profiling {name} stopped {where}: a stop was requested")
+
+
 def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: int = 3, warmup: int = 20,
                 progress: Optional[Callable[[str], object]] = None, gap_ms: float = 0.0,
-                max_inputs: Optional[int] = None) -> Dict[str, Any]:
+                max_inputs: Optional[int] = None, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Measure one model x backend x threads. Times are µs per single input (batch of 1).
 
     ``gap_ms`` idles that long before each timed input, as a sparse sensor stream does: after an
     idle gap caches are cold and a core may have to wake, so the worst case is larger than in a
     back-to-back loop. ``max_inputs`` caps the inputs per pass (for long gaps).
+
+    ``stop`` (e.g. the daemon's stop event, set by SIGTERM) is checked before loading and before
+    every warm-up and timed input, and ends an idle gap at once; once it is set this raises
+    :class:`~edged.errors.Interrupted` within one inference, with the model closed and nothing measured
+    returned (a partial WCET is not a WCET).
     """
     say = progress or (lambda _m: None)
+    _check_stop(stop, name, "before it started")
     entry = cat.get(name)
     backend = cat.resolve_backend(name, backend)
     x, y, what = validation_inputs(entry)
@@ -211,6 +223,7 @@ def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: 
     try:
         n = len(x)
         for i in range(warmup):
+            _check_stop(stop, name, "during the warm-up")
             model.predict(x[i % n], validate=False)
         times: List[float] = []
         preds = np.empty(n, dtype=np.int64)
@@ -218,7 +231,11 @@ def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: 
         for r in range(repeats):
             for i in range(n):
                 if gap_s:
-                    time.sleep(gap_s)
+                    if stop is not None:
+                        stop.wait(gap_s)
+                    else:
+                        time.sleep(gap_s)
+                _check_stop(stop, name, f"in pass {r + 1}/{repeats} at input {i + 1}/{n}")
                 t = clock()
                 out = model.predict(x[i], validate=False)
                 times.append((clock() - t) / 1e3)
@@ -385,7 +402,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], threads: Sequence[int],
                 repeats: int, warmup: int, progress: Optional[Callable[[str], None]] = None,
-                gap_ms: float = 0.0, max_inputs: Optional[int] = None) -> List[Dict[str, Any]]:
+                gap_ms: float = 0.0, max_inputs: Optional[int] = None,
+                stop: Optional[threading.Event] = None) -> List[Dict[str, Any]]:
+    """:func:`profile_one` for every model x backend x thread count; ``stop`` interrupts it
+    (:class:`~edged.errors.Interrupted`) between and within models."""
     from edged.runtime import available_backends, canonical_name
 
     avail = available_backends()
@@ -398,7 +418,8 @@ def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], 
                 log.warning("model %r has no %s artifact; skipped", name, b)
                 continue
             for t in threads:
-                results.append(profile_one(cat, name, b, t, repeats, warmup, progress, gap_ms, max_inputs))
+                results.append(profile_one(cat, name, b, t, repeats, warmup, progress, gap_ms, max_inputs,
+                                           stop=stop))
     return results
 
 

@@ -83,3 +83,114 @@ def test_profile_with_idle_gaps_is_recorded_as_such(tmp_path):
     assert "gap ms" in show.stdout
     bad = run_edged(["profile", "--gap-ms", "-1", "--state-dir", str(tmp_path)])
     assert bad.returncode == 1 and "--gap-ms must be >= 0" in bad.stderr
+
+
+# --------------------------------------------------------------------------- interruption (SIGTERM at start-up)
+
+
+def _profile_until_stopped(stop, **kw):
+    """Profile the real cnn (onnx) for far longer than any test waits; return (exception, seconds after set)."""
+    import time
+
+    from edged.models import Catalogue
+    from edged.profile import profile_one
+
+    cat = Catalogue.discover()
+    set_at = []
+
+    def fire():
+        set_at.append(time.monotonic())
+        stop.set()
+
+    import threading
+
+    timer = threading.Timer(0.5, fire)
+    timer.start()
+    try:
+        profile_one(cat, "cnn", "onnx", 1, stop=stop, **kw)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc, time.monotonic() - set_at[0]
+    finally:
+        timer.cancel()
+    raise AssertionError("profile_one finished although the stop event was set")
+
+
+def test_stop_event_interrupts_profiling_within_a_second():
+    import threading
+
+    from edged.errors import EdgedError, Interrupted
+
+    exc, after_set = _profile_until_stopped(threading.Event(), repeats=100_000, warmup=5)
+    assert isinstance(exc, Interrupted) and isinstance(exc, EdgedError)
+    assert "profiling cnn stopped in pass " in str(exc) and "/100000 at input " in str(exc)
+    assert after_set < 1.0  # 100 000 passes would take hours: the event cut it short
+
+
+def test_stop_event_ends_an_idle_gap_at_once():
+    import threading
+
+    from edged.errors import Interrupted
+
+    exc, after_set = _profile_until_stopped(threading.Event(), repeats=3, warmup=0, gap_ms=60_000)
+    assert isinstance(exc, Interrupted) and after_set < 1.0  # not the rest of a 60 s gap
+
+
+def test_set_stop_event_before_start_loads_nothing():
+    import threading
+
+    from edged.errors import Interrupted
+    from edged.models import Catalogue
+    from edged.profile import profile_one
+
+    stop = threading.Event()
+    stop.set()
+    try:
+        profile_one(Catalogue.discover(), "mlp", "onnx", 1, stop=stop)
+    except Interrupted as exc:
+        assert "before it started" in str(exc)
+    else:
+        raise AssertionError("not interrupted")
+
+
+SIGTERM_SCRIPT = r"""
+import signal, sys, threading
+from edged.errors import Interrupted
+from edged.models import Catalogue
+from edged.profile import profile_one
+
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())   # as the daemon's handler does
+cat = Catalogue.discover()
+try:
+    profile_one(cat, "cnn", "onnx", 1, repeats=100000, warmup=5,
+                progress=lambda m: print(m, flush=True), max_inputs=50, stop=stop)
+except Interrupted as exc:
+    print("INTERRUPTED", exc, flush=True)
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+def test_real_sigterm_interrupts_profiling_in_a_subprocess():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(REPO))
+    try:
+        first = proc.stdout.readline()  # a pass finished: it is measuring now
+        assert "pass 1/100000" in first, first + proc.stderr.read()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert "INTERRUPTED profiling cnn stopped in pass" in out
+    assert took < 1.0
