@@ -572,7 +572,11 @@ class JsonlWriter:
 
     def _open_locked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), self.mode)
+        flags = os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:  # read access too, so lines written to a file deleted under us can be salvaged
+            fd = os.open(self.path, os.O_RDWR | flags, self.mode)
+        except PermissionError:
+            fd = os.open(self.path, os.O_WRONLY | flags, self.mode)
         try:
             size = os.fstat(fd).st_size
             if size > 0 and not _ends_with_newline(self.path, size):
@@ -658,7 +662,7 @@ def ensure_writable_dir(path: PathLike, files: Sequence[str] = ("decisions.jsonl
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LogStorageError(f"logs dir {d} cannot be created: {describe_os_error(exc)}; "
+        raise LogStorageError(f"logs dir {d} cannot be created or reached: {describe_os_error(exc)}; "
                               f"{_storage_hint(exc)}") from exc
     if not d.is_dir():
         raise LogStorageError(f"logs dir {d} is not a directory; set logs.dir to a directory")
