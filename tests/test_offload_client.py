@@ -175,3 +175,133 @@ def test_late_replies_after_timeout_never_make_a_second_record(cnn: Any) -> None
     assert {r["decision"] for r in records} == {"fallback"}
     assert all("FogTimeout" in r["fog_error"] and r["result"] is not None for r in records)
     assert backend.counts["late"] == 5
+
+
+# ---- the I/O thread never dies: bad endpoints at start-up, one bad request or reply fails alone ----------
+@pytest.mark.parametrize("endpoint", ["tcp//10.0.0.2:5556", "tcp://10.0.0.2:99999", "udp://10.0.0.2:5556",
+                                      "tcp://*:5556", "tcp://10.0.0.2"])
+def test_bad_endpoint_is_a_start_up_error_naming_it(endpoint: str) -> None:
+    from edged.errors import ConfigError
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(ConfigError, match="expected tcp://HOST:PORT, ipc://PATH") as err:
+        ZmqFogBackend(endpoint)
+    assert repr(endpoint) in str(err.value)
+    assert not [t for t in threading.enumerate() if t.name == "fog-client-io" and t.name not in before]
+
+
+def test_host_that_does_not_exist_is_a_start_up_error() -> None:
+    import socket
+
+    from edged.errors import ConfigError, EdgedError
+
+    host = "no-such-fog.invalid"  # RFC 6761: never resolves
+    try:
+        socket.getaddrinfo(host, 5556)
+    except socket.gaierror as exc:
+        if exc.errno not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            pytest.skip(f"this machine's resolver answers {exc} (a failure that may pass: only a warning)")
+    else:
+        pytest.skip("this machine's resolver answers for .invalid")
+    with pytest.raises(EdgedError, match="does not resolve") as err:
+        ZmqFogBackend(f"tcp://{host}:5556")
+    assert not isinstance(err.value, ConfigError) and f"tcp://{host}:5556" in str(err.value)
+
+
+POISON = 7.0  # an input whose first value is this gets a reply that breaks the client's decoder
+
+
+class HostileRouter:
+    """A fog that answers pings and inference correctly, except: an input starting with POISON gets a reply
+    whose shape is 1e999 (JSON for infinity: int() raises OverflowError), preceded by a header of 100 000 '['
+    (RecursionError in the JSON parser) that names no request."""
+
+    def __init__(self, model_hash: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.model_hash = model_hash
+        self.stop = threading.Event()
+        self.poisoned = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        out = np.eye(10, dtype=np.float32)[3]
+        while not self.stop.is_set():
+            if not self.sock.poll(10):
+                continue
+            ident, head, payload = self.sock.recv_multipart()
+            h = json.loads(head)
+            if h["kind"] == "ping":
+                reply = {"id": h["id"], "status": "ok", "models": {"cnn": {"model_hash": self.model_hash,
+                                                                            "t_f_us": 10.0}}}
+                self.sock.send_multipart([ident, json.dumps(reply).encode(), b""])
+            elif np.frombuffer(payload, np.float32)[0] == POISON:
+                self.poisoned += 1
+                self.sock.send_multipart([ident, b"[" * 100_000, b""])
+                bad = json.dumps({"id": h["id"], "status": "ok", "t_f_us": 10.0, "queue_us": 0.0,
+                                  "dtype": "float32", "shape": ["INF"]}).replace('"INF"', "1e999")
+                self.sock.send_multipart([ident, bad.encode(), out.tobytes()])
+            else:
+                reply = {"id": h["id"], "status": "ok", "t_f_us": 10.0, "queue_us": 0.0, "dtype": "float32",
+                         "shape": [10]}
+                self.sock.send_multipart([ident, json.dumps(reply).encode(), out.tobytes()])
+        self.sock.close(0)
+        self.ctx.term()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.mark.timeout(30)
+def test_one_bad_request_or_reply_fails_alone_and_the_loop_keeps_running(cnn: Any) -> None:
+    fog = HostileRouter(cnn.entry.model_hash)
+    c = ZmqFogBackend(f"tcp://127.0.0.1:{fog.port}")
+    try:
+        good = np.zeros((8, 8, 1), np.float32)
+        poison = np.full((8, 8, 1), POISON, np.float32)
+        c.ping(timeout_s=5.0)  # connected
+        first = c.submit("cnn", good, cnn.entry.model_hash, 5.0)
+        poisoned = c.submit("cnn", poison, cnn.entry.model_hash, 5.0)
+        unsendable = c.submit("cnn", good, cnn.entry.model_hash, float("nan"))  # a deadline that is no time
+        last = c.submit("cnn", good, cnn.entry.model_hash, 5.0)
+        assert int(np.argmax(first.result(10).outputs)) == 3
+        with pytest.raises(FogError, match="malformed reply from fog: OverflowError"):
+            poisoned.result(10)
+        with pytest.raises(FogError, match="could not be sent: ValueError: timeout_s must be a finite number"):
+            unsendable.result(10)
+        assert int(np.argmax(last.result(10).outputs)) == 3
+        assert c._thread.is_alive() and c.counts["bad_replies"] == 1 and c.counts["ok"] >= 3
+        assert int(np.argmax(c.submit("cnn", good, cnn.entry.model_hash, 5.0).result(10).outputs)) == 3
+    finally:
+        c.close()
+        fog.close()
+    assert fog.poisoned == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_poisoned_reply_falls_back_locally_with_exactly_one_record(cnn: Any) -> None:
+    fog = HostileRouter(cnn.entry.model_hash)
+    backend = ZmqFogBackend(f"tcp://127.0.0.1:{fog.port}")
+    records: List[Dict[str, Any]] = []
+    d = Dispatcher({"cnn": cnn}, {"*": "offload"}, records.append, fog=backend, fog_timeout_s=5.0,
+                   breaker=CircuitBreaker(failure_threshold=100), probe_interval_s=0.1)
+    try:
+        deadline = time.monotonic() + 10
+        while d.link.t_f_us("cnn") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i in range(6):
+            x = np.full((8, 8, 1), POISON if i in (2, 4) else 0.0, np.float32)
+            d.submit(Sample(model="cnn", seq=i, array=x, source="t"))
+        assert d.close(10.0)
+    finally:
+        backend.close()
+        fog.close()
+    assert sorted(r["seq"] for r in records) == list(range(6))  # exactly one record each
+    by_seq = {r["seq"]: r for r in records}
+    assert {i for i, r in by_seq.items() if r["decision"] == "fallback"} == {2, 4}
+    assert all("malformed reply" in by_seq[i]["fog_error"] and by_seq[i]["result"] is not None for i in (2, 4))
+    assert {by_seq[i]["decision"] for i in (0, 1, 3, 5)} == {"offload"}
+    assert fog.poisoned == 2 and backend.counts["bad_replies"] == 2

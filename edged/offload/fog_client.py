@@ -13,6 +13,13 @@ already timed out is dropped. ``ZMQ_IMMEDIATE`` makes a send fail at once while 
 fog connection is up (dead node, outage, rejected CURVE key), so the edge falls back
 immediately instead of waiting for the timeout; a lost connection fails every
 request in flight on it.
+
+The I/O thread never dies of one request: an endpoint that cannot work (bad syntax, a
+host name that does not exist, one libzmq refuses) is an error from the constructor, at
+start-up; an exception while sending one request or reading one reply fails that request
+alone (:class:`FogError`, so the dispatcher runs it locally: still one record) and an
+unexpected error in the loop itself is logged, counted (``io_errors``) and, if it repeats,
+answered by rebuilding the socket.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import abc
 import itertools
 import logging
+import math
 import os
 import queue
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -31,6 +40,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import numpy as np
 import zmq
 
+from edged.endpoints import parse_zmq_endpoint
+from edged.errors import ConfigError, EdgedError
 from edged.offload.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -170,6 +181,49 @@ def _read_key(value: Union[str, bytes, None], want_secret: bool) -> Optional[byt
     return key
 
 
+def check_fog_endpoint(endpoint: str, resolve_timeout_s: float = 2.0) -> None:
+    """Refuse a fog endpoint that cannot work, before any socket exists.
+
+    Raises :class:`~edged.errors.ConfigError` unless ``endpoint`` is ``tcp://HOST:PORT``,
+    ``ipc://PATH`` or ``inproc://NAME``, and :class:`~edged.errors.EdgedError` when the host name
+    does not exist (the resolver says so within ``resolve_timeout_s`` s; 0 skips the lookup).
+    A lookup that fails for a reason that may pass (no answer, ``EAI_AGAIN``) only logs a
+    warning: libzmq resolves again on every reconnect, and inputs run locally meanwhile."""
+    ep, why = parse_zmq_endpoint(endpoint, bind=False)
+    if ep is None:
+        raise ConfigError(f"fog endpoint {endpoint!r}: expected {why}")
+    if ep.transport != "tcp" or resolve_timeout_s <= 0:
+        return
+    host = ep.host.strip("[]").split("%", 1)[0]
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(host)
+        return  # an address literal: nothing to resolve
+    except ValueError:
+        pass
+    outcome: Dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, int(ep.port), type=socket.SOCK_STREAM)
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["exc"] = exc
+
+    t = threading.Thread(target=lookup, name="fog-resolve", daemon=True)  # getaddrinfo has no timeout of its own
+    t.start()
+    t.join(resolve_timeout_s)
+    exc = outcome.get("exc")
+    gone = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+    if isinstance(exc, socket.gaierror) and exc.errno in gone:
+        raise EdgedError(f"fog endpoint {endpoint!r}: host {host!r} does not resolve ({exc.strerror}); "
+                         "expected the fog node's host name or address (fog.endpoint)")
+    if not outcome.get("ok"):
+        log.warning("fog endpoint %s: cannot resolve %r now (%s); offloading starts when it resolves, "
+                    "inputs run locally meanwhile", endpoint, host, exc or f"no answer within {resolve_timeout_s:g}s")
+
+
 class ZmqFogBackend(FogBackend):
     """Native ZeroMQ fog back end (DEALER to the fog's ROUTER).
 
@@ -180,13 +234,22 @@ class ZmqFogBackend(FogBackend):
         max_msg_bytes: ``ZMQ_MAXMSGSIZE`` for replies (bytes).
         rebuild_after_timeouts: consecutive timeouts after which the socket is rebuilt (drops stale queued sends).
         context: ZeroMQ context to use (default: a private one).
+        resolve_timeout_s: how long the constructor waits for the fog's host name to resolve (0 = no lookup).
+
+    Raises:
+        ConfigError: ``endpoint`` is not a ZeroMQ endpoint a DEALER can connect to, or libzmq refuses it.
+        EdgedError: the endpoint's host name does not exist (see :func:`check_fog_endpoint`).
     """
 
     name = "zmq"
+    #: consecutive failed I/O loop iterations after which the socket is rebuilt
+    REBUILD_AFTER_IO_ERRORS = 3
 
     def __init__(self, endpoint: str, curve_server_key: Union[str, bytes, None] = None,
                  curve_client_key: Union[str, tuple, None] = None, max_msg_bytes: int = 16 * 1024 * 1024,
-                 rebuild_after_timeouts: int = 3, context: Optional[zmq.Context] = None) -> None:
+                 rebuild_after_timeouts: int = 3, context: Optional[zmq.Context] = None,
+                 resolve_timeout_s: float = 2.0) -> None:
+        check_fog_endpoint(endpoint, resolve_timeout_s)
         self.endpoint = endpoint
         self._server_key = _read_key(curve_server_key, want_secret=False)
         self._client_keys: Optional[tuple] = None
@@ -216,9 +279,26 @@ class ZmqFogBackend(FogBackend):
         self._closed = False
         self.connected = False
         self.counts: Dict[str, int] = {"sent": 0, "ok": 0, "timeout": 0, "unavailable": 0, "refused": 0,
-                                       "error": 0, "late": 0, "rebuilds": 0}
+                                       "error": 0, "late": 0, "rebuilds": 0, "bad_replies": 0, "io_errors": 0}
+        self._sock: Optional[zmq.Socket] = None
+        self._monitor: Optional[zmq.Socket] = None
+        self._started = threading.Event()
+        self._startup_error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._io_loop, name="fog-client-io", daemon=True)
         self._thread.start()
+        self._started.wait(10.0)
+        if self._startup_error is not None or not self._started.is_set():
+            exc = self._startup_error
+            self._closed = True
+            self._stop.set()
+            self._thread.join(5.0)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            if self._own_ctx:
+                self._ctx.term()
+            why = f"{type(exc).__name__}: {exc}" if exc is not None else "the I/O thread did not start"
+            raise ConfigError(f"fog endpoint {endpoint!r}: cannot connect a socket to it ({why}); "
+                              "expected tcp://HOST:PORT or ipc://PATH")
 
     # ---- caller side -----------------------------------------------------------------------------
     def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
@@ -226,7 +306,15 @@ class ZmqFogBackend(FogBackend):
         rid = self._prefix + str(next(self._ids))
         header = {"v": PROTOCOL_VERSION, "id": rid, "kind": "infer", "model": model, "model_hash": model_hash,
                   "sent_ts": round(time.time(), 6)}
-        return self._enqueue(_Request(rid, array_to_frames(header, array), Future(), timeout_s, "infer"))
+        try:
+            frames = array_to_frames(header, array)
+        except Exception as exc:  # noqa: BLE001 - this request fails, as a future, like any other failure
+            fut: Future[FogReply] = Future()
+            fut.set_running_or_notify_cancel()
+            self.counts["error"] += 1
+            fut.set_exception(FogError(f"request for {model!r} cannot be encoded: {type(exc).__name__}: {exc}"))
+            return fut
+        return self._enqueue(_Request(rid, frames, Future(), timeout_s, "infer"))
 
     def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
         rid = self._prefix + str(next(self._ids))
@@ -285,7 +373,11 @@ class ZmqFogBackend(FogBackend):
             sock.curve_secretkey = self._client_keys[1]
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                                           | zmq.EVENT_CONNECTED)
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except BaseException:
+            self._close_socket(sock, monitor)
+            raise
         return sock, monitor
 
     def _close_socket(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
@@ -298,40 +390,32 @@ class ZmqFogBackend(FogBackend):
         self.connected = False
 
     def _io_loop(self) -> None:
-        sock, monitor = self._make_socket()
+        try:
+            self._sock, self._monitor = self._make_socket()
+        except Exception as exc:  # noqa: BLE001 - handed to the constructor, which raises it
+            self._startup_error = exc
+            self._started.set()
+            return
+        self._started.set()
         consecutive_timeouts = 0
+        errors_in_row = 0
+        last_logged = 0.0
         try:
             while not self._stop.is_set():
-                poller = zmq.Poller()
-                poller.register(sock, zmq.POLLIN)
-                poller.register(monitor, zmq.POLLIN)
-                poller.register(self._wake_r, zmq.POLLIN)
-                now = time.monotonic()
-                next_deadline = min((r.deadline for r in self._pending.values()), default=now + 0.1)
-                wait_ms = 10 if self._deferred else max(0, min(100, int((next_deadline - now) * 1000) + 1))
-                events = dict(poller.poll(wait_ms))
-                if self._wake_r in events:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except (BlockingIOError, OSError):
-                        pass
-                if monitor in events:
-                    self._drain_monitor(monitor)
-                self._send_outbox(sock)
-                if sock in events:
-                    consecutive_timeouts = 0 if self._drain_replies(sock) else consecutive_timeouts
-                expired = self._expire()
-                consecutive_timeouts += expired
-                if expired and consecutive_timeouts >= self.rebuild_after_timeouts:
-                    log.info("fog client: %d consecutive timeouts, rebuilding the socket to %s",
-                             consecutive_timeouts, self.endpoint)
-                    self._fail_all(FogUnavailable("socket rebuilt after repeated timeouts"))
-                    self._close_socket(sock, monitor)
-                    sock, monitor = self._make_socket()
-                    self.counts["rebuilds"] += 1
-                    consecutive_timeouts = 0
-        except Exception:  # never leave futures hanging: fail them all below
-            log.exception("fog client I/O thread failed")
+                try:
+                    consecutive_timeouts = self._iteration(consecutive_timeouts)
+                    errors_in_row = 0
+                except Exception:  # noqa: BLE001 - the loop outlives any one failure
+                    errors_in_row += 1
+                    self.counts["io_errors"] += 1
+                    if time.monotonic() - last_logged > 5.0:
+                        last_logged = time.monotonic()
+                        log.exception("fog client: error in the I/O loop (%d in a row); it keeps running",
+                                      errors_in_row)
+                    if errors_in_row >= self.REBUILD_AFTER_IO_ERRORS:
+                        self._rebuild(FogUnavailable(f"fog client socket to {self.endpoint} rebuilt after "
+                                                     f"{errors_in_row} I/O errors"))
+                    self._stop.wait(min(1.0, 0.01 * 2 ** min(errors_in_row, 7)))  # no hot spin on a lasting fault
         finally:
             self._closed = True
             self._fail_all(FogUnavailable("fog client is closed"))
@@ -343,7 +427,61 @@ class ZmqFogBackend(FogBackend):
                 except queue.Empty:
                     break
                 self._resolve_exc(req, FogUnavailable("fog client is closed"))
-            self._close_socket(sock, monitor)
+            self._drop_socket()
+
+    def _iteration(self, consecutive_timeouts: int) -> int:
+        """One poll/send/receive/expire round; returns the updated count of consecutive timeouts."""
+        if self._sock is None or self._monitor is None:
+            self._sock, self._monitor = self._make_socket()
+            self.counts["rebuilds"] += 1
+        sock, monitor = self._sock, self._monitor
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        now = time.monotonic()
+        next_deadline = min((r.deadline for r in self._pending.values()), default=now + 0.1)
+        wait_ms = 10 if self._deferred else max(0, min(100, int((next_deadline - now) * 1000) + 1))
+        events = dict(poller.poll(wait_ms))
+        if self._wake_r in events:
+            try:
+                os.read(self._wake_r, 4096)
+            except (BlockingIOError, OSError):
+                pass
+        if monitor in events:
+            self._drain_monitor(monitor)
+        self._send_outbox(sock)
+        if sock in events:
+            consecutive_timeouts = 0 if self._drain_replies(sock) else consecutive_timeouts
+        expired = self._expire()
+        consecutive_timeouts += expired
+        if expired and consecutive_timeouts >= self.rebuild_after_timeouts:
+            log.info("fog client: %d consecutive timeouts, rebuilding the socket to %s",
+                     consecutive_timeouts, self.endpoint)
+            self._rebuild(FogUnavailable("socket rebuilt after repeated timeouts"))
+            consecutive_timeouts = 0
+        return consecutive_timeouts
+
+    def _rebuild(self, why: FogFailure) -> None:
+        """Fail what is in flight on the old socket and make a new one (if that fails too, the next
+        iteration tries again; the failure is counted there)."""
+        self._fail_all(why)
+        self._drop_socket()
+        try:
+            self._sock, self._monitor = self._make_socket()
+        except Exception as exc:  # noqa: BLE001 - retried by the next iteration
+            log.warning("fog client: cannot rebuild the socket to %s yet: %s", self.endpoint, exc)
+            return
+        self.counts["rebuilds"] += 1
+
+    def _drop_socket(self) -> None:
+        sock, monitor, self._sock, self._monitor = self._sock, self._monitor, None, None
+        if sock is not None and monitor is not None:
+            try:
+                self._close_socket(sock, monitor)
+            except Exception:  # noqa: BLE001 - a socket that will not close cleanly is dropped anyway
+                log.debug("fog client: closing the old socket failed", exc_info=True)
+        self.connected = False
 
     def _drain_monitor(self, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -374,12 +512,16 @@ class ZmqFogBackend(FogBackend):
             self._send(sock, req, fresh=True)
 
     def _send(self, sock: zmq.Socket, req: _Request, fresh: bool) -> None:
+        """Send one request; whatever goes wrong fails this request only."""
         now = time.monotonic()
-        if fresh:
-            req.deadline = now + req.timeout_s
-            req.bytes_out = frames_size(req.frames)
-        req.t_sent = now
         try:
+            if fresh:
+                timeout_s = float(req.timeout_s)
+                if not math.isfinite(timeout_s) or timeout_s < 0:
+                    raise ValueError(f"timeout_s must be a finite number of seconds >= 0, not {req.timeout_s!r}")
+                req.deadline = now + timeout_s
+                req.bytes_out = frames_size(req.frames)
+            req.t_sent = now
             sock.send_multipart(req.frames, zmq.NOBLOCK)
         except zmq.Again:
             if req.kind == "ping" and now < req.deadline:
@@ -389,6 +531,9 @@ class ZmqFogBackend(FogBackend):
             return
         except zmq.ZMQError as exc:
             self._resolve_exc(req, FogUnavailable(f"send to fog {self.endpoint} failed: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a request that cannot be sent fails alone
+            self._resolve_exc(req, FogError(f"request {req.rid} could not be sent: {type(exc).__name__}: {exc}"))
             return
         self.counts["sent"] += 1
         self._pending[req.rid] = req
@@ -402,19 +547,25 @@ class ZmqFogBackend(FogBackend):
                 return got_any
             t_recv = time.monotonic()
             if len(frames) != 2:
+                self.counts["bad_replies"] += 1
                 log.warning("fog client: reply with %d frames ignored", len(frames))
                 continue
             try:
                 header = decode_header(frames[0])
-            except ProtocolError as exc:
-                log.warning("fog client: bad reply header ignored: %s", exc)
+                rid = str(header.get("id"))
+            except (ProtocolError, RecursionError, ValueError, TypeError) as exc:
+                self.counts["bad_replies"] += 1  # no id to blame: the request it answers times out and falls back
+                log.warning("fog client: bad reply header ignored: %s", f"{type(exc).__name__}: {exc}"[:200])
                 continue
-            req = self._pending.pop(str(header.get("id")), None)
+            req = self._pending.pop(rid, None)
             if req is None:
                 self.counts["late"] += 1  # reply to a request that already timed out: never a second result
                 continue
             got_any = True
-            self._resolve_reply(req, header, frames[1], t_recv, len(frames[0]))
+            try:
+                self._resolve_reply(req, header, frames[1], t_recv, len(frames[0]))
+            except Exception as exc:  # noqa: BLE001 - a reply that breaks the decoder fails its request alone
+                self._resolve_exc(req, FogError(f"malformed reply from fog: {type(exc).__name__}: {exc}"))
 
     def _resolve_reply(self, req: _Request, header: Dict[str, Any], payload: bytes, t_recv: float,
                        header_bytes: int) -> None:
@@ -438,8 +589,8 @@ class ZmqFogBackend(FogBackend):
                                   t_f_us=float(header.get("t_f_us") or 0.0),
                                   queue_us=float(header.get("queue_us") or 0.0), rtt_us=rtt_us,
                                   bytes_out=req.bytes_out, bytes_in=bytes_in)
-        except (ProtocolError, TypeError, ValueError) as exc:
-            self._resolve_exc(req, FogError(f"malformed reply from fog: {exc}"))
+        except (ProtocolError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+            self._resolve_exc(req, FogError(f"malformed reply from fog: {type(exc).__name__}: {exc}"))
             return
         self.counts["ok"] += 1
         if not req.future.done():
