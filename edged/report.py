@@ -5,6 +5,10 @@ and unparsable lines skipped and counted) and prints:
 
 * per model, per model × decision and per decision: count, share, latency p50/p95/p99/max,
   mean exec and transfer time, mean energy per inference (mJ, where recorded), errors;
+* rejected inputs per model (every model, 0 included) with the reasons broken down;
+* from the daemon's ``stats.json`` beside the logs (when present): the unattributable input counted
+  only at the sources (no record: bad CRC, unparsable header, …) per source and reason, and the log
+  writers' health (records waiting in memory, lost);
 * power per rail: samples, mean and max W; the hottest temperature and whether throttling was seen.
 
 ``--json`` prints the same numbers as one JSON object (latencies in µs, power in W, energy in mJ).
@@ -23,7 +27,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edged.errors import EdgedError
 from edged.logs import ReadStats, read_records
-from edged.tail import DECISIONS, _num, board_watts, fmt_us, is_throttled, percentile, power_rails
+from edged.logs.stats import log_health, read_stats_file, unattributable_input
+from edged.tail import (
+    DECISIONS,
+    _num,
+    board_watts,
+    fmt_counts,
+    fmt_time,
+    fmt_us,
+    is_throttled,
+    percentile,
+    power_rails,
+    rejection_reason,
+)
 
 Record = Dict[str, Any]
 MATPLOTLIB_HINT = "PNG needs matplotlib: pip install 'edged[report]'"
@@ -69,6 +85,16 @@ def build_report(decisions: Sequence[Record], power: Sequence[Record]) -> Dict[s
         by_decision.setdefault(decision, []).append(r)
         by_pair.setdefault((model, decision), []).append(r)
     n = len(decisions)
+    rejected: Dict[str, Dict[str, Any]] = {}
+    for model, recs in sorted(by_model.items()):
+        reasons: Dict[str, int] = {}
+        for r in recs:
+            if r.get("decision") == "rejected":
+                why = rejection_reason(r)
+                reasons[why] = reasons.get(why, 0) + 1
+        count = sum(reasons.values())
+        rejected[model] = {"count": count, "share": count / len(recs) if recs else 0.0,
+                           "reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))}
     ts = [v for v in (_num(r.get("ts")) for r in decisions) if v is not None]
     order = {d: i for i, d in enumerate(DECISIONS)}
     per_pair = []
@@ -99,6 +125,7 @@ def build_report(decisions: Sequence[Record], power: Sequence[Record]) -> Dict[s
         "per_decision": {d: group_stats(recs, n)
                          for d, recs in sorted(by_decision.items(), key=lambda kv: order.get(kv[0], 99))},
         "per_model_decision": per_pair,
+        "rejected": rejected,
         "power": {
             "samples": len(board),
             "board_mean_w": _mean(board),
@@ -124,12 +151,12 @@ def _row(label: Sequence[str], s: Dict[str, Any]) -> List[str]:
             fmt_us(s["transfer_mean_us"]), "-" if energy is None else f"{energy:.3g}", str(s["errors"])]
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain text table: first column left-aligned, the rest right-aligned."""
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = ()) -> str:
+    """A plain text table: first column (and the ``left`` ones) left-aligned, the rest right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = []
     for i, row in enumerate([list(header), *[list(r) for r in rows]]):
-        cells = [c.ljust(w) if j == 0 or (j == 1 and header[1] == "decision") else c.rjust(w)
+        cells = [c.ljust(w) if j == 0 or j in left or (j == 1 and header[1] == "decision") else c.rjust(w)
                  for j, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
@@ -151,6 +178,11 @@ def render_tables(rep: Dict[str, Any], source: str = "") -> str:
                       [_row((r["model"], r["decision"]), r) for r in rep["per_model_decision"]])]
         out += ["", "per decision (share of all inputs)",
                 table(("decision", *_COLS), [_row((d,), s) for d, s in rep["per_decision"].items()])]
+        out += ["", "rejected inputs per model (share within the model)",
+                table(("model", "rejected", "share", "reasons"),
+                      [[m, str(r["count"]), f"{r['share']:.1%}", fmt_counts(r["reasons"]) or "-"]
+                       for m, r in rep["rejected"].items()], left=(3,))]
+    out += _stats_file_tables(rep.get("unattributable"), rep.get("log_health"))
     pw = rep["power"]
     if pw["rails"]:
         rows = [[name, str(r["samples"]), f"{r['mean_w']:.3f}", f"{r['max_w']:.3f}"] for name, r in pw["rails"].items()]
@@ -163,6 +195,30 @@ def render_tables(rep: Dict[str, Any], source: str = "") -> str:
         extra.append("throttling seen" if pw["throttled_seen"] else "no throttling seen")
         out.append("; ".join(extra))
     return "\n".join(out)
+
+
+def _stats_file_tables(un: Optional[Dict[str, Any]], health: Optional[Dict[str, Any]]) -> List[str]:
+    """The ``stats.json`` sections: unattributable input per source, log writers' health."""
+    out: List[str] = []
+    if un is not None:
+        when = f", stats.json of {fmt_time(un['ts'])}" if un.get("ts") is not None else ""
+        head = f"unattributable input: {un['total']}"
+        if un["reasons"]:
+            head += f" ({fmt_counts(un['reasons'], limit=20)})"
+        out += ["", f"{head} — counted only at the sources, no decision record{when}"]
+        if un["per_source"]:
+            out.append(table(("source", "accepted", "unattributable", "lost in transit", "garbage bytes", "reasons"),
+                             [[name, str(s["accepted"]), str(s["total"]), str(s["lost_in_transit"]),
+                               str(s["garbage_bytes"]), fmt_counts(s["reasons"], limit=20) or "-"]
+                              for name, s in un["per_source"].items()], left=(5,)))
+    if health is not None:
+        rows = [[name, "DEGRADED" if w.get("degraded") else "ok", str(w.get("written", "-")),
+                 str(w.get("spooled", 0)), str(w.get("lost", 0)), str(w.get("last_error") or "-")]
+                for name, w in health["per_log"].items()]
+        if rows:
+            out += ["", "log writers",
+                    table(("log", "state", "written", "in memory", "lost", "last error"), rows, left=(1, 5))]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +326,9 @@ def main(args: argparse.Namespace) -> int:
     decisions, power, stats = load_logs(logdir)
     rep = build_report(decisions, power)
     rep["skipped_lines"] = {"torn": stats.torn, "unparsable": stats.bad}
+    daemon_stats = read_stats_file(logdir if logdir.is_dir() else logdir.parent)
+    rep["unattributable"] = unattributable_input(daemon_stats)
+    rep["log_health"] = log_health(daemon_stats)
     if args.json:
         print(json.dumps(rep, indent=2, sort_keys=False))
     else:

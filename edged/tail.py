@@ -8,11 +8,14 @@
     edged tail --json --model cnn --since 10m | jq .latency_us
 
 One line per record — decisions: time (HH:MM:SS.mmm), model, decision (coloured on a terminal),
-latency, label (score), reason; power: time, source, rail, W, V, A, °C, throttled. The summary
-(:class:`Summary`, also printed at the end of ``make run``) has inputs/s, decision shares, p50/p99
-latency per model, mean board power (from ``power.jsonl`` beside the decision log) and mean energy
-per model × decision. Torn and unparsable lines are skipped (and counted). ``--json`` passes the
-records through, one per line. A closed pipe (``| head``), Ctrl-C and SIGTERM all exit 0.
+latency, label (score), reason (a rejected input: its reason, seq and sender); power: time, source,
+rail, W, V, A, °C, throttled. The summary (:class:`Summary`, also printed at the end of ``make run``)
+has inputs/s, decision shares, rejections by reason, p50/p99 latency per model, mean board power
+(from ``power.jsonl`` beside the decision log), mean energy per model × decision and, from the
+daemon's ``stats.json`` beside the log, the unattributable input counted only at the sources and
+whether the log writer is degraded or lost records. Torn and unparsable lines are skipped (and
+counted). ``--json`` passes the records through, one per line. A closed pipe (``| head``), Ctrl-C
+and SIGTERM all exit 0.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from edged.errors import EdgedError
 from edged.logs import LogReader, ReadStats, default_log_dir, log_files, read_records
+from edged.logs.stats import log_health, read_stats_file, unattributable_input
 
 Record = Dict[str, Any]
 
@@ -153,6 +157,12 @@ class Summary:
         self.rail_w: Dict[str, List[float]] = {}  # rail -> [sum W, count, max W]
         self.temp_max_c: Optional[float] = None
         self.throttled_seen = False
+        self.rejected_reasons: Dict[str, int] = {}  # reason -> rejected records
+        self.stats_file: Optional[Dict[str, Any]] = None  # the daemon's stats.json, see set_stats_file
+
+    def set_stats_file(self, stats: Optional[Dict[str, Any]]) -> None:
+        """The daemon's ``stats.json`` object (or None): adds unattributable input and log health."""
+        self.stats_file = stats
 
     # -- feeding ------------------------------------------------------------------------------
     def feed(self, record: Record) -> None:
@@ -172,6 +182,9 @@ class Summary:
         self.per_model_decision[key] = self.per_model_decision.get(key, 0) + 1
         if r.get("error"):
             self.errors += 1
+        if decision == "rejected":
+            why = rejection_reason(r)
+            self.rejected_reasons[why] = self.rejected_reasons.get(why, 0) + 1
         lat = _num(r.get("latency_us"))
         if lat is not None:
             self.latency.setdefault(model, collections.deque(maxlen=self.window)).append(lat)
@@ -236,6 +249,9 @@ class Summary:
             "per_model": dict(sorted(self.per_model.items())),
             "latency": latency,
             "energy_mj_mean": energy,
+            "rejected_reasons": dict(sorted(self.rejected_reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "unattributable": unattributable_input(self.stats_file),
+            "log_health": log_health(self.stats_file),
             "power": {
                 "samples": self.power_samples,
                 "mean_w": self.mean_power_w(),
@@ -262,6 +278,8 @@ class Summary:
             if self.errors:
                 head += f"  errors {self.errors}"
             parts.append(head)
+            if self.rejected_reasons:
+                parts.append("rejected: " + fmt_counts(self.rejected_reasons))
             for model in sorted(self.latency):
                 vals = list(self.latency[model])
                 parts.append(f"{model} p50 {fmt_us(percentile(vals, 50))} p99 {fmt_us(percentile(vals, 99))}")
@@ -279,7 +297,47 @@ class Summary:
         if self.energy:
             parts.append("energy " + " ".join(f"{m}/{d} {t / c:.3g} mJ"
                                               for (m, d), (t, c) in sorted(self.energy.items())))
+        parts.extend(stats_file_lines(self.stats_file))
         return " | ".join(parts)
+
+
+def rejection_reason(r: Record) -> str:
+    """The reason a ``rejected`` record gives (``reason``, else ``error``), shortened for a summary."""
+    why = str(r.get("reason") or r.get("error") or "?")
+    return why if len(why) <= 40 else why[:39] + "…"
+
+
+def fmt_counts(counts: Dict[str, int], limit: int = 6) -> str:
+    """``"non_finite 3, wrong_size 1"``: largest first, at most ``limit`` then ``+N more``."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
+    if len(items) > limit:
+        text += f", +{len(items) - limit} more"
+    return text
+
+
+def stats_file_lines(stats: Optional[Dict[str, Any]]) -> List[str]:
+    """Summary parts from the daemon's ``stats.json``: unattributable input, log writer trouble."""
+    out: List[str] = []
+    un = unattributable_input(stats)
+    if un is not None:
+        text = f"unattributable input: {un['total']}"
+        if un["reasons"]:
+            text += f" ({fmt_counts(un['reasons'])})"
+        if un["garbage_bytes"]:
+            text += f", {un['garbage_bytes']} garbage bytes"
+        out.append(text)
+    health = log_health(stats)
+    if health is not None and (health["degraded"] or health["lost"]):
+        if health["degraded"]:
+            text = (f"LOG DEGRADED: {', '.join(health['degraded'])} {health['spooled']} records waiting in memory, "
+                    f"{health['lost']} lost")
+        else:
+            text = f"log writer lost {health['lost']} records"
+        if health["last_error"]:
+            text += f" ({health['last_error']})"
+        out.append(text)
+    return out
 
 
 def is_throttled(value: Any) -> bool:
@@ -331,9 +389,31 @@ class LineFormatter:
             dec = f"{_COLOURS.get(decision, '')}{dec}{_RESET}"
         head = f"{fmt_time(r.get('ts'))}  {model:<6} {dec} {fmt_us(_num(r.get('latency_us'))):>10}  {label:<10} "
         reason = str(r.get("reason") or "")
+        if decision == "rejected":
+            return self._fit(len(head_plain), head, self.rejection(r))
         if r.get("error"):
             reason = f"{reason}; error: {r['error']}" if reason else f"error: {r['error']}"
         return self._fit(len(head_plain), head, reason)
+
+    @staticmethod
+    def rejection(r: Record) -> str:
+        """``non_finite (seq 42 from sensor-1); error: ...``: why, and which input, when known."""
+        reason = str(r.get("reason") or "")
+        error = str(r.get("error") or "")
+        text = reason or error or "?"
+        who = []
+        if r.get("seq") is not None:
+            who.append(f"seq {r['seq']}")
+        if r.get("sender") not in (None, ""):
+            who.append(f"from {r['sender']}")
+        if who:
+            text += f" ({' '.join(who)})"
+        detail = str(r.get("detail") or "")
+        if detail and detail not in (reason, error):
+            text += f": {detail}"
+        if error and error != reason and reason:
+            text += f"; error: {error}"
+        return text
 
     def power(self, r: Record) -> str:
         rails = power_rails(r)
@@ -459,6 +539,8 @@ class _Tail:
     def print_summary(self) -> None:
         if self.args.no_summary:
             return
+        if self.kind == "decisions":  # the daemon's counters beside the log (unattributable input)
+            self.summary.set_stats_file(read_stats_file(self.path.parent))
         line = self.summary.render()
         skipped = []
         if self.stats.torn:

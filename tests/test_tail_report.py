@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 
-from edged.logs import JsonlWriter, read_records
+from edged.logs import JsonlWriter, read_records, write_stats_file
 from edged.tail import Summary, fmt_us
 
 MODELS = ("cnn", "mlp")
@@ -309,3 +309,96 @@ def test_summary_class_matches_numpy(logdir: Any) -> None:
                                                      {"rail": "cpu", "watts": 2.0}]})
     assert s2.as_dict()["power"]["mean_w"] == 5.0 and s2.inputs == 1
     assert s2.render().startswith("1 inputs")
+
+
+# ---------------------------------------------------------------------------------------------
+# rejections: attributable ones as records, unattributable ones from the daemon's stats.json
+# ---------------------------------------------------------------------------------------------
+def _rejection_logdir(d: Path) -> List[Dict[str, Any]]:
+    recs: List[Dict[str, Any]] = []
+    for i in range(9):
+        recs.append({"ts": T0 + i, "seq": i, "source": "zmq:tcp://*:5555", "sender": "s1", "model": "cnn",
+                     "decision": "local", "reason": "wcet below threshold", "latency_us": 800.0, "error": None,
+                     "result": {"label": 1, "score": 0.5}})
+    for i in range(3):  # a sensor sending NaN: attributable (the header names the model)
+        recs.append({"ts": T0 + 10 + i, "seq": 20 + i, "source": "zmq:tcp://*:5555", "sender": "s1", "model": "cnn",
+                     "decision": "rejected", "reason": "non_finite", "error": "input 0 has NaN at index 2",
+                     "latency_us": None, "result": None})
+    recs.append({"ts": T0 + 14, "seq": 9, "source": "serial:/dev/ttyUSB0", "sender": "s2", "model": "cnn",
+                 "decision": "rejected", "reason": "wrong_size", "detail": "expected 4 values, got 3",
+                 "latency_us": None, "result": None})
+    for i in range(4):
+        recs.append({"ts": T0 + 15 + i, "seq": i, "source": "zmq:tcp://*:5555", "model": "mlp", "decision": "offload",
+                     "reason": "fog faster", "latency_us": 2000.0, "result": {"label": 0, "score": 0.9}})
+    with JsonlWriter(d / "decisions.jsonl") as w:
+        w.write_many(recs)
+    assert write_stats_file(d, {
+        "ts": T0 + 20,
+        "sources": {
+            "zmq": {"accepted": 13, "rejected": {"non_finite": 3, "bad_header": 2, "too_large": 1},
+                    "unattributed": {"bad_header": 2, "too_large": 1}, "lost_in_transit": 0, "garbage_bytes": 0},
+            "serial": {"accepted": 1, "rejected": {"bad_cobs": 3, "truncated": 1}, "lost_in_transit": 2,
+                       "garbage_bytes": 57},
+        },
+        "logs": {"decisions": {"written": 17, "spooled": 12, "lost": 3, "degraded": True,
+                               "last_error": "writing decisions.jsonl: No space left on device (ENOSPC)"},
+                 "power": {"written": 40, "spooled": 0, "lost": 0, "degraded": False, "last_error": None}},
+    })
+    return recs
+
+
+@pytest.mark.timeout(60)
+def test_tail_shows_rejections_with_reasons_and_unattributable_input(tmp_path: Path) -> None:
+    recs = _rejection_logdir(tmp_path)
+    out = edged("tail", "--dir", str(tmp_path), "--no-color")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(recs)
+    rejected = [line for line in lines if " rejected " in line]
+    assert len(rejected) == 4
+    assert "non_finite (seq 20 from s1); error: input 0 has NaN at index 2" in rejected[0]
+    assert "wrong_size (seq 9 from s2): expected 4 values, got 3" in rejected[3]
+    summary = [s for s in out.stderr.splitlines() if s.startswith("== ")]
+    assert len(summary) == 1
+    s = summary[0]
+    assert f"rejected {4 / len(recs):.1%}" in s
+    assert "rejected: non_finite 3, wrong_size 1" in s
+    # zmq: its `unattributed` (the NaN rejections have records); serial: no split given, so `rejected`
+    assert "unattributable input: 7 (bad_cobs 3, bad_header 2, too_large 1, truncated 1), 57 garbage bytes" in s
+    assert "LOG DEGRADED: decisions 12 records waiting in memory, 3 lost (writing decisions.jsonl: No space" in s
+    (tmp_path / "stats.json").unlink()  # a daemon that has not written one yet: no such parts
+    out = edged("tail", "--dir", str(tmp_path), "--no-color")
+    assert out.returncode == 0 and "unattributable" not in out.stderr and "DEGRADED" not in out.stderr
+    assert "rejected: non_finite 3, wrong_size 1" in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_report_breaks_rejections_down_per_model_and_shows_unattributable_input(tmp_path: Path) -> None:
+    _rejection_logdir(tmp_path)
+    out = edged("report", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.splitlines()
+    i = text.index("rejected inputs per model (share within the model)")
+    rows = {line.split()[0]: line for line in text[i + 3:i + 5]}
+    assert rows["cnn"].split()[1:3] == ["4", f"{4 / 13:.1%}"] and rows["cnn"].endswith("non_finite 3, wrong_size 1")
+    assert rows["mlp"].split()[1:3] == ["0", "0.0%"] and rows["mlp"].endswith("-")
+    head = next(line for line in text if line.startswith("unattributable input: "))
+    assert head.startswith("unattributable input: 7 (bad_cobs 3, bad_header 2, too_large 1, truncated 1)")
+    serial = next(line for line in text if line.startswith("serial "))
+    assert serial.split()[1:5] == ["1", "4", "2", "57"]
+    decisions = next(line for line in text if line.startswith("decisions "))
+    assert "DEGRADED" in decisions and "ENOSPC" in decisions
+
+    js = edged("report", str(tmp_path), "--json")
+    assert js.returncode == 0, js.stderr
+    rep = json.loads(js.stdout)
+    assert rep["rejected"]["cnn"] == {"count": 4, "share": pytest.approx(4 / 13),
+                                      "reasons": {"non_finite": 3, "wrong_size": 1}}
+    assert rep["rejected"]["mlp"]["count"] == 0
+    un = rep["unattributable"]
+    assert un["total"] == 7 and un["garbage_bytes"] == 57 and un["lost_in_transit"] == 2 and un["ts"] == T0 + 20
+    assert un["per_source"]["zmq"]["reasons"] == {"bad_header": 2, "too_large": 1}
+    assert rep["log_health"]["lost"] == 3 and rep["log_health"]["degraded"] == ["decisions"]
+    (tmp_path / "stats.json").unlink()
+    rep = json.loads(edged("report", str(tmp_path), "--json").stdout)
+    assert rep["unattributable"] is None and rep["log_health"] is None
