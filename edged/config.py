@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from edged.endpoints import check_serial_url, parse_zmq_endpoint, serial_scheme
+from edged.endpoints import ZmqEndpoint, check_serial_url, parse_zmq_endpoint, serial_scheme
 from edged.errors import EXIT_CONFIG, ConfigError
 
 try:
@@ -549,11 +549,25 @@ def _check_conflicts(cfg: Config, where: List[int], errs: _Errors) -> None:
         src = parse_zmq_endpoint(s.endpoint, bind=True)[0]
         if src is None or src.transport != fog.transport:
             continue
-        same = (src.port == fog.port and (src.is_wildcard_host or src.host == fog.host or fog.is_loopback_host)
-                if fog.transport == "tcp" else src.address == fog.address)
+        same = _reaches(fog, src) if fog.transport == "tcp" else src.address == fog.address
         if same:
             errs.add("fog.endpoint", cfg.fog.endpoint,
                      f"the fog node's address, not this daemon's own source sources[{i}] ({s.endpoint!r})")
+
+
+def _reaches(fog: ZmqEndpoint, src: ZmqEndpoint) -> bool:
+    """Whether connecting to tcp ``fog`` from this machine lands on the socket bound at tcp ``src``."""
+    if fog.port != src.port:
+        return False
+    fh, sh = fog.host.strip("[]"), src.host.strip("[]")
+    if fh == sh:
+        return True
+    v4_loop = {"localhost", "127.0.0.1"}
+    if sh in ("*", "0.0.0.0"):  # libzmq's '*' is IPv4 unless the socket enables IPv6
+        return fh in v4_loop or fh.startswith("127.")
+    if sh == "::":
+        return fog.is_loopback_host
+    return fh in v4_loop and sh in v4_loop
 
 
 def _check_paths(cfg: Config, errs: _Errors) -> None:

@@ -181,6 +181,7 @@ def test_real_sigterm_interrupts_profiling_in_a_subprocess():
 
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(REPO))
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         first = proc.stdout.readline()  # a pass finished: it is measuring now
         assert "pass 1/100000" in first, first + proc.stderr.read()
