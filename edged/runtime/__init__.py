@@ -10,7 +10,7 @@ import importlib
 from typing import Dict, List, Tuple, Type
 
 from edged.errors import BackendError, MissingDependencyError
-from edged.runtime.base import Backend, InputSpec, TensorSpec
+from edged.runtime.base import Backend, InputSpec, Quantization, TensorSpec
 
 #: backend name -> (module, class)
 BACKENDS: Dict[str, Tuple[str, str]] = {
@@ -54,4 +54,7 @@ def available_backends() -> List[str]:
     return out
 
 
-__all__ = ["Backend", "BACKENDS", "InputSpec", "TensorSpec", "available_backends", "backend_class", "canonical_name"]
+__all__ = [
+    "Backend", "BACKENDS", "InputSpec", "Quantization", "TensorSpec", "available_backends", "backend_class",
+    "canonical_name",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,13 +52,33 @@ class TensorSpec:
 InputSpec = TensorSpec
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantisation of an integer tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        """Float array -> integer array of ``dtype``: round to nearest, clip to the dtype's range."""
+        info = np.iinfo(dtype)
+        q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(self.scale)) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Integer array -> float32."""
+        return ((q.astype(np.int32) - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+
+
 class Backend(abc.ABC):
     """One model file loaded into one runtime.
 
-    Lifecycle: ``load(path, threads)`` → ``infer(batch)`` any number of times →
-    ``close()``. ``infer`` takes an array in the artifact's own layout with a
-    leading batch dimension and returns the first output as an ndarray.
-    Implementations must be safe to call from one thread at a time.
+    Lifecycle: ``load(path, threads)`` → ``infer(batch)`` / ``infer_named(feeds)``
+    any number of times → ``close()``. ``infer`` takes the first input's array in
+    the artifact's own layout with a leading batch dimension and returns the first
+    output; ``infer_named`` takes every input by name and returns every output by
+    name (batch dimension included). Implementations must be safe to call from
+    one thread at a time.
     """
 
     #: Registry key, e.g. ``"onnx"`` or ``"litert"``.
@@ -73,7 +93,29 @@ class Backend(abc.ABC):
     @property
     @abc.abstractmethod
     def input_spec(self) -> TensorSpec:
-        """Spec of the (single) model input, as the file declares it."""
+        """Spec of the first model input, as the file declares it."""
+
+    @property
+    def input_specs(self) -> List[TensorSpec]:
+        """Specs of every input in the file's order (names as :meth:`infer_named` takes them)."""
+        return [self.input_spec]
+
+    @property
+    def output_specs(self) -> List[TensorSpec]:
+        """Specs of every output in the file's order (names as :meth:`infer_named` returns them)."""
+        return [self.output_spec]
+
+    def quantization(self, name: str) -> Optional[Quantization]:
+        """Quantisation of the named input or output if the file stores it as a quantised integer."""
+        return None
+
+    def infer_named(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run every input by name (artifact layout, batch dim included); return every output by name.
+
+        The default serves single-input, single-output backends through :meth:`infer`.
+        """
+        (arr,) = feeds.values()
+        return {self.output_spec.name: self.infer(arr)}
 
     @property
     @abc.abstractmethod

@@ -10,7 +10,7 @@ asked for and log a warning naming the provider that is not active.
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def inactive_providers(requested: Sequence[str], active: Sequence[str]) -> List[
 
 
 class OnnxBackend(Backend):
-    """One ``onnxruntime.InferenceSession``; ``infer`` returns the first output."""
+    """One ``onnxruntime.InferenceSession``; ``infer`` returns the first output, ``infer_named`` all of them."""
 
     name = "onnx"
     suffixes = (".onnx", ".ort")
@@ -56,6 +56,9 @@ class OnnxBackend(Backend):
         self._in: Optional[TensorSpec] = None
         self._out: Optional[TensorSpec] = None
         self._out_names: List[str] = []
+        self._all_out_names: List[str] = []
+        self._ins: List[TensorSpec] = []
+        self._outs: List[TensorSpec] = []
         self.providers: List[str] = []
 
     def load(self, path: str, threads: int = 1, providers: Optional[Sequence[str]] = None, **options: Any) -> None:
@@ -80,12 +83,13 @@ class OnnxBackend(Backend):
                 ", ".join(missing), path, ", ".join(self.providers), ", ".join(available),
             )
         inputs, outputs = sess.get_inputs(), sess.get_outputs()
-        if len(inputs) != 1:
-            raise BackendError(f"{path}: edged models take exactly one input, this one has {len(inputs)}")
-        i, o = inputs[0], outputs[0]
-        self._in = TensorSpec(i.name, _dims(i.shape), _ORT_DTYPES.get(i.type, i.type))
-        self._out = TensorSpec(o.name, _dims(o.shape), _ORT_DTYPES.get(o.type, o.type))
-        self._out_names = [o.name]
+        self._ins = [TensorSpec(i.name, _dims(i.shape), _ORT_DTYPES.get(i.type, i.type)) for i in inputs]
+        self._outs = [TensorSpec(o.name, _dims(o.shape), _ORT_DTYPES.get(o.type, o.type)) for o in outputs]
+        if not self._ins or not self._outs:
+            raise BackendError(f"{path}: the model has {len(self._ins)} input(s) and {len(self._outs)} output(s)")
+        self._in, self._out = self._ins[0], self._outs[0]
+        self._out_names = [self._out.name]  # first output only: what infer() returns (bench/ uses it too)
+        self._all_out_names = [o.name for o in self._outs]
         self._sess = sess
 
     @property
@@ -100,8 +104,28 @@ class OnnxBackend(Backend):
             raise BackendError("onnx backend used before load()")
         return self._out
 
+    @property
+    def input_specs(self) -> List[TensorSpec]:
+        if self._in is None:
+            raise BackendError("onnx backend used before load()")
+        return list(self._ins)
+
+    @property
+    def output_specs(self) -> List[TensorSpec]:
+        if self._out is None:
+            raise BackendError("onnx backend used before load()")
+        return list(self._outs)
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """First input -> first output (other inputs, if any, must be fed with :meth:`infer_named`)."""
         return self._sess.run(self._out_names, {self._in.name: batch})[0]  # type: ignore[union-attr]
+
+    def infer_named(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        try:
+            outs = self._sess.run(self._all_out_names, dict(feeds))
+        except Exception as exc:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
+            raise BackendError(f"onnxruntime failed: {exc}") from exc
+        return dict(zip(self._all_out_names, outs))
 
     def close(self) -> None:
         self._sess = None

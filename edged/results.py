@@ -1,0 +1,216 @@
+"""What a model's outputs mean: compact, task-aware summaries, and recurrent state per sender.
+
+:func:`summarize` turns the outputs of one input into a small JSON-able dict,
+one entry per output, chosen by the output's manifest ``kind``:
+
+- ``probabilities`` / ``logits`` (classifiers): ``{"label", "name", "score", "top"}``;
+  logits are soft-maxed for the score. The only place an argmax is taken.
+- ``regression``: ``{"values": [...], "n": count}`` (rounded, at most
+  :data:`MAX_VALUES` values).
+- ``tensor`` (boxes, masks, embeddings, ...): ``{"shape", "dtype", "min", "max", "mean"}``.
+- ``state``: not summarised; it is fed back through :class:`StateStore`.
+
+:class:`StateStore` keeps the recurrent state of stateful models (a VAD's
+hidden state, say) per (sender, model): the ``state`` output of one call is fed
+back as its ``state_input`` on that sender's next call. It is bounded (LRU) and
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edged.models import ModelEntry, ModelOutput
+
+#: At most this many values of a regression output go into a summary.
+MAX_VALUES = 16
+#: Significant digits kept for scores and values.
+DIGITS = 6
+
+
+def _num(v: Any) -> Optional[float]:
+    """A float for JSON: rounded to :data:`DIGITS` significant digits; NaN/inf become None."""
+    f = float(v)
+    if not math.isfinite(f):
+        return None
+    return float(f"{f:.{DIGITS}g}")
+
+
+def _one_sample(arr: np.ndarray, out: ModelOutput) -> np.ndarray:
+    """Drop a leading batch axis of size 1 (declared shapes include the batch)."""
+    if arr.ndim >= 1 and arr.shape[0] == 1 and (out.shape is None or arr.ndim == len(out.shape) or arr.ndim > 1):
+        return arr[0]
+    return arr
+
+
+def summarize_classifier(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
+    """{"label": int, "name": str|None, "score": float, "top": [[label, score], ...]} of one sample."""
+    v = np.asarray(arr).reshape(-1)
+    if v.size == 0:
+        return {"label": None, "name": None, "score": None, "top": []}
+    if out.kind == "logits":
+        e = np.exp(v.astype(np.float64) - float(v.max()))
+        v = e / e.sum()
+    k = min(out.top_k, v.size)
+    if k == 1:
+        top_idx: List[int] = [int(v.argmax())]
+    else:
+        part = np.argpartition(-v, k - 1)[:k] if v.size > k else np.arange(v.size)
+        top_idx = [int(i) for i in part[np.argsort(-v[part], kind="stable")]]
+    vals = v[top_idx].tolist()
+    label = top_idx[0]
+    labels = out.labels
+    return {
+        "label": label,
+        "name": labels[label] if label < len(labels) else None,
+        "score": _num(vals[0]),
+        "top": [[i, _num(s)] for i, s in zip(top_idx, vals)],
+    }
+
+
+def summarize_regression(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
+    """{"values": [...] (at most MAX_VALUES, rounded), "n": number of values} of one sample."""
+    v = np.asarray(arr).reshape(-1)
+    return {"values": [_num(x) for x in v[:MAX_VALUES].tolist()], "n": int(v.size)}
+
+
+def summarize_tensor(arr: np.ndarray, out: Optional[ModelOutput] = None) -> Dict[str, Any]:
+    """{"shape", "dtype", "min", "max", "mean"} of one sample's tensor (statistics None when empty)."""
+    a = np.asarray(arr)
+    s: Dict[str, Any] = {"shape": list(a.shape), "dtype": a.dtype.name}
+    if a.size == 0 or a.dtype.kind not in "biuf":
+        s.update(min=None, max=None, mean=None)
+        return s
+    s.update(min=_num(a.min()), max=_num(a.max()), mean=_num(a.mean(dtype=np.float64)))
+    return s
+
+
+def summarize_output(arr: np.ndarray, out: ModelOutput) -> Optional[Dict[str, Any]]:
+    """The summary of one output of one sample by its kind; None for a state output."""
+    if out.kind == "state":
+        return None
+    a = _one_sample(np.asarray(arr), out)
+    if out.kind in ("probabilities", "logits"):
+        return summarize_classifier(a, out)
+    if out.kind == "regression":
+        return summarize_regression(a, out)
+    return summarize_tensor(a, out)
+
+
+def summarize(entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+    """Summaries of one input's outputs: output name -> summary (state outputs left out).
+
+    ``outputs`` is what :meth:`edged.models.LoadedModel.run` returned for one
+    sample (a leading batch axis of 1 is dropped) or one row of a batch.
+    Outputs the manifest does not declare are summarised as tensors; declared
+    outputs missing from ``outputs`` are skipped. Everything is JSON-able.
+    """
+    res: Dict[str, Any] = {}
+    for o in entry.outputs:
+        arr = outputs.get(o.name)
+        if arr is None or o.kind == "state":
+            continue
+        res[o.name] = summarize_output(arr, o)
+    if len(outputs) > len(res):
+        from edged.models import ModelOutput
+
+        declared = {o.name for o in entry.outputs}
+        for name, arr in outputs.items():
+            if name not in declared:
+                res[name] = summarize_tensor(_one_sample(np.asarray(arr), ModelOutput(name, "tensor")))
+    return res
+
+
+def primary_summary(entry: ModelEntry, summary: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The first classifier's summary, if the model has one (what a one-line reply like ``mlp:1,0.998`` shows)."""
+    for o in entry.outputs:
+        if o.is_classifier and o.name in summary:
+            s = summary[o.name]
+            return dict(s) if isinstance(s, Mapping) else None
+    return None
+
+
+def split_batch(outputs: Mapping[str, np.ndarray], i: int) -> Dict[str, np.ndarray]:
+    """Row ``i`` of every output of a batch (keeping a batch axis of 1), to summarise one input of a batch."""
+    return {k: v[i : i + 1] if v.ndim and v.shape[0] > i else v for k, v in outputs.items()}
+
+
+# --------------------------------------------------------------------------- recurrent state
+
+
+class StateStore:
+    """Recurrent state per (sender, model), bounded LRU, thread-safe.
+
+    Per call: ``feeds = store.feeds(sender, entry, feeds)`` adds the sender's
+    current state inputs (its initial state on a first call, or after
+    eviction/reset); after inference ``store.update(sender, entry, outputs)``
+    keeps each ``state`` output as the state input it feeds. A sender that sends
+    a state input itself overrides the stored one for that call (that is how a
+    fog node runs an offloaded input with the edge's state). Stored arrays are
+    the outputs as the model returned them (batch axis of 1) and are never
+    mutated in place.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        if max_entries < 1:
+            raise ValueError(f"StateStore max_entries is {max_entries}, expected >= 1")
+        self.max_entries = int(max_entries)
+        self._lock = threading.Lock()
+        self._state: OrderedDict[Tuple[str, str], Dict[str, np.ndarray]] = OrderedDict()
+        #: number of (sender, model) states dropped to stay within max_entries
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._state)
+
+    def get(self, sender: str, entry: ModelEntry) -> Dict[str, np.ndarray]:
+        """The state inputs for ``sender``'s next call of ``entry`` (initial values if none is stored)."""
+        key = (str(sender), entry.name)
+        with self._lock:
+            cur = self._state.get(key)
+            if cur is not None:
+                self._state.move_to_end(key)
+                return dict(cur)
+        return {i.name: i.initial_value(1) for i in entry.state_inputs}
+
+    def feeds(self, sender: str, entry: ModelEntry, feeds: Mapping[str, Any]) -> Dict[str, Any]:
+        """``feeds`` plus the sender's state inputs that ``feeds`` does not give itself."""
+        out = dict(feeds)
+        if entry.stateful:
+            for name, arr in self.get(sender, entry).items():
+                out.setdefault(name, arr)
+        return out
+
+    def update(self, sender: str, entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> None:
+        """Keep the state outputs of ``sender``'s call as its next state inputs."""
+        new = {o.state_input: outputs[o.name] for o in entry.state_outputs if o.name in outputs and o.state_input}
+        if not new:
+            return
+        key = (str(sender), entry.name)
+        with self._lock:
+            cur = self._state.get(key, {})
+            cur = {**cur, **new}
+            self._state[key] = cur
+            self._state.move_to_end(key)
+            while len(self._state) > self.max_entries:
+                self._state.popitem(last=False)
+                self.evictions += 1
+
+    def reset(self, sender: Optional[str] = None, model: Optional[str] = None) -> int:
+        """Forget the state of one sender and/or model (all if both None); returns how many were dropped."""
+        with self._lock:
+            keys = [k for k in self._state if (sender is None or k[0] == sender) and (model is None or k[1] == model)]
+            for k in keys:
+                del self._state[k]
+            return len(keys)
+
+    def stats(self) -> Dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._state), "max_entries": self.max_entries, "evictions": self.evictions}
