@@ -211,6 +211,21 @@ def test_reopen_onto_a_directory_spools_until_the_path_is_usable_again(tmp_path:
     assert w.stats()["written"] == 26 and w.stats()["lost"] == 0
 
 
+def test_rotation_never_renames_a_directory_that_took_the_logs_path(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    w = JsonlWriter(path, max_bytes=1_000, backups=3, spool_records=100)
+    w.write({"seq": 0, "pad": PAD})
+    os.replace(path, tmp_path / "elsewhere")
+    path.mkdir()
+    (path / "keep").write_text("someone's data")
+    for i in range(1, 20):  # the rotation that comes due fails with EISDIR instead of moving the directory
+        w.write({"seq": i, "pad": PAD})
+    st = w.stats()
+    assert st["degraded"] and "EISDIR" in st["last_error"] and st["written"] + st["spooled"] == 20
+    assert (path / "keep").read_text() == "someone's data" and not (tmp_path / "decisions.jsonl.1").exists()
+    w.close()
+
+
 @pytest.mark.timeout(60)
 def test_removed_directory_is_recreated_with_the_lines_written_since_the_last_check(tmp_path: Path) -> None:
     d = tmp_path / "logs"
@@ -297,7 +312,7 @@ def test_retries_back_off_exponentially_and_never_in_the_callers_write(tmp_path:
 
 def test_concurrent_writers_during_a_fault_account_for_every_record(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
-    w = JsonlWriter(path, max_bytes=20_000, backups=1000, spool_records=100_000)
+    w = JsonlWriter(path, max_bytes=0, spool_records=100_000)  # no rotation: it could race the break below
     n_threads, per_thread = 4, 800
     broken = threading.Event()
 

@@ -602,6 +602,8 @@ class JsonlWriter:
     def _rotate_locked(self) -> None:
         self._close_fd_locked()
         base = str(self.path)
+        if os.path.isdir(base):  # something else took the path: never rotate it away as if it were a log
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), base)
         if self.backups == 0:
             try:
                 os.unlink(base)
