@@ -288,7 +288,7 @@ def test_retries_back_off_exponentially_and_never_in_the_callers_write(tmp_path:
     path.mkdir()
     clock = FakeClock()
     w = JsonlWriter(path, max_bytes=0, retry_min_s=0.125, retry_max_s=1.0, clock=clock)  # binary fractions: exact
-    assert w.stats()["since"] == 1000.0
+    assert w.stats()["since"] == 1000.0 and w.stats()["degraded_for_s"] == 0.0
     for i in range(50):
         w.write({"seq": i})  # no time passes: no retry attempt on the hot path
     assert w.stats()["retries"] == 0
@@ -302,10 +302,11 @@ def test_retries_back_off_exponentially_and_never_in_the_callers_write(tmp_path:
             w.retry()
         waits.append(step * 0.0625)
     assert waits == [0.125, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert w.stats()["degraded_for_s"] == clock.t - 1000.0
     path.rmdir()
     clock.t += 1.0
     w.write({"seq": 50})  # the due retry happens in this write: spool first, then the new record
-    assert not w.stats()["degraded"]
+    assert not w.stats()["degraded"] and w.stats()["degraded_for_s"] is None
     w.close()
     assert _file_seqs(path) == list(range(51))
 

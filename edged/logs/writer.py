@@ -340,14 +340,18 @@ class JsonlWriter:
         ``bytes`` written, ``spooled`` records waiting in memory, ``lost`` records that could not
         be kept (spool full, or still spooled at close, or written after close), ``degraded``
         (writes are failing), ``since`` (``time.monotonic()`` when the degraded spell began, else
-        None), ``last_error`` (the latest failure, kept after recovery), ``errors`` (records not
-        written when they arrived: spooled or lost), ``retries``, ``recoveries``, ``rotations``,
-        ``reopens``, ``size`` of the current file, ``spool_records`` (the bound).
+        None), ``degraded_for_s`` (how long it has lasted, s, else None), ``last_error`` (the
+        latest failure, kept after recovery), ``errors`` (records not written when they arrived:
+        spooled or lost), ``retries``, ``recoveries``, ``rotations``, ``reopens``, ``size`` of the
+        current file, ``spool_records`` (the bound).
         """
+        now = self._clock()
         with self._lock:
+            since = self._since
             return {"path": str(self.path), "written": self._lines, "lines": self._lines, "bytes": self._bytes,
                     "spooled": len(self._spool), "lost": self._lost, "degraded": self._degraded,
-                    "since": self._since, "last_error": self._last_error, "errors": self._errors,
+                    "since": since, "degraded_for_s": None if since is None else max(0.0, now - since),
+                    "last_error": self._last_error, "errors": self._errors,
                     "retries": self._retries, "recoveries": self._recoveries, "rotations": self._rotations,
                     "reopens": self._reopens, "size": self._size, "spool_records": self.spool_records}
 
