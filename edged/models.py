@@ -774,6 +774,10 @@ class _BoundInput:
     file_name: str
     perm: Optional[Tuple[int, ...]]
     accepted: Tuple[str, ...]  # dtypes a sender may send (the manifest's, and a quantised tensor's integer type)
+    # precomputed for the per-input hot path
+    np_accepted: Tuple[np.dtype, ...] = ()
+    sample_shape: Tuple[Dim, ...] = ()
+    batched: bool = True
 
 
 def _match_names(model: str, path: Path, what: str, declared: Sequence[str], file_names: Sequence[str],
@@ -857,7 +861,8 @@ class LoadedModel:
                     f"manifest says {decl.dtype} {list(want)} (layout {lay or '?'})"
                 )
             accepted = (decl.dtype,) + ((declared.dtype,) if quant is not None and declared.dtype != decl.dtype else ())
-            self._inputs[decl.name] = _BoundInput(decl, fname, perm, accepted)
+            self._inputs[decl.name] = _BoundInput(decl, fname, perm, accepted, tuple(np.dtype(t) for t in accepted),
+                                                  tuple(decl.sample_shape), decl.batched)
         out_map = _match_names(self.name, art.path, "output", [o.name for o in e.outputs], file_out,
                                art.names, aliases)
         self._outputs: List[Tuple[str, str]] = [(o.name, out_map[o.name]) for o in e.outputs]
@@ -882,19 +887,18 @@ class LoadedModel:
     # ------------------------------------------------------------------ validation
 
     def _check_one(self, bound: _BoundInput, x: Any, label: str) -> np.ndarray:
-        decl = bound.decl
         if not isinstance(x, np.ndarray):
             try:
-                x = np.asarray(x, dtype=np.dtype(decl.dtype))
+                x = np.asarray(x, dtype=bound.np_accepted[0])
             except (TypeError, ValueError) as exc:
                 raise InputError(f"model {self.name!r}: {label} is not numeric: {exc}") from exc
-        if x.dtype.name not in bound.accepted:
+        if x.dtype not in bound.np_accepted:
             raise InputError(f"model {self.name!r}: {label} dtype is {x.dtype}, expected {' or '.join(bound.accepted)}")
-        sample = decl.sample_shape
-        shape = x.shape[1:] if decl.batched and x.ndim == len(sample) + 1 else x.shape
+        sample = bound.sample_shape
+        shape = x.shape[1:] if bound.batched and x.ndim == len(sample) + 1 else x.shape
         if len(shape) != len(sample) or any(want is not None and got != want for got, want in zip(shape, sample)):
             expected = [d if d is not None else "?" for d in sample]
-            more = f" or a batch [N, {', '.join(map(str, expected))}]" if decl.batched else ""
+            more = f" or a batch [N, {', '.join(map(str, expected))}]" if bound.batched else ""
             raise InputError(f"model {self.name!r}: {label} shape is {list(x.shape)}, expected {expected}{more}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             n_bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
@@ -1238,17 +1242,30 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return rc
-    print(f"{'model':<12} {'inputs':<34} {'outputs':<26} {'backends':<12} {'val':>5}  {'hash':<16}  status")
+    table = [("model", "inputs", "outputs", "backends", "val", "hash", "status")]
     for r in rows:
-        ins = r.get("inputs") or []
-        desc = "; ".join(f"{i['dtype']} {i['shape']}" + (f" {i['layout']}" if i["layout"] else "") for i in ins) or "-"
-        outs = ", ".join(f"{o['name']}:{o['kind']}" for o in r.get("outputs") or []) or "-"
-        print(f"{r['name']:<12} {desc:<34} {outs:<26} {','.join(r.get('backends', [])):<12} "
-              f"{r.get('validation') or '-':>5}  {r.get('model_hash', '-'):<16}  {r['status']}")
+        table.append((
+            r["name"], "; ".join(_describe_input(i) for i in r.get("inputs") or []) or "-",
+            ", ".join(f"{o['name']}:{o['kind']}" for o in r.get("outputs") or []) or "-",
+            ",".join(r.get("backends", [])) or "-", str(r.get("validation") or "-"), r.get("model_hash", "-"),
+            r["status"],
+        ))
+    widths = [max(len(row[c]) for row in table) for c in range(6)]
+    for row in table:
+        print("  ".join(cell.rjust(w) if c == 4 else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+              + "  " + row[6])
     for name in wanted:
         if name in bad or name not in known:
             print(f"edged models: model {name!r} is enabled by name but cannot be served", file=sys.stderr)
     return rc
+
+
+def _describe_input(i: Mapping[str, Any]) -> str:
+    """``x:float32[N,16]``, ``h:float32[N,8]=state``, ``img:uint8[N,?,?,3]NHWC``."""
+    dims = [("N" if k == 0 and i.get("batch", True) else "?") if d is None else str(d)
+            for k, d in enumerate(i["shape"])]
+    return f"{i['name']}:{i['dtype']}[{','.join(dims)}]{i['layout'] if len(i['layout']) > 2 else ''}" + (
+        "=state" if i.get("state") else "")
 
 
 def split_csv(values: Sequence[str]) -> List[str]:

@@ -71,14 +71,15 @@ def plain_name(name: str) -> str:
 class _Tensor:
     """One input or output tensor of the interpreter, with its name, index and quantisation."""
 
-    __slots__ = ("spec", "index", "quant", "signature", "static_dims")
+    __slots__ = ("spec", "index", "quant", "static_dims", "np_dtype")
 
     def __init__(self, d: Dict[str, Any], name: str) -> None:
         sig = d.get("shape_signature", d["shape"])
         if len(sig) == 0 and len(d["shape"]) > 0:  # some converters leave the signature empty
             sig = d["shape"]
         self.index = int(d["index"])
-        self.spec = TensorSpec(name, _dims(sig), np.dtype(d["dtype"]).name)
+        self.np_dtype = np.dtype(d["dtype"])
+        self.spec = TensorSpec(name, _dims(sig), self.np_dtype.name)
         scale, zp = d.get("quantization", (0.0, 0))
         self.quant = (
             Quantization(float(scale), int(zp))
@@ -112,6 +113,8 @@ class LiteRTBackend(Backend):
         self._aliases: Dict[str, str] = {}
         self._shapes: Dict[int, Tuple[int, ...]] = {}  # input index -> currently allocated shape
         self._dynamic_batch = False
+        self._in_index = 0
+        self._out_index = 0
 
     def load(self, path: str, threads: int = 1, **options: Any) -> None:
         if self._factory is None:
@@ -140,6 +143,7 @@ class LiteRTBackend(Backend):
                 if alias != t.spec.name:
                     self._aliases.setdefault(alias, t.spec.name)
         self._shapes = {int(d["index"]): tuple(int(x) for x in d["shape"]) for d in i}
+        self._in_index, self._out_index = self._ins[0].index, self._outs[0].index  # bench/ drives these directly
         self._dynamic_batch = all(t.static_dims and t.static_dims[0] == -1 for t in self._ins)
         self._it = it
 
@@ -237,12 +241,18 @@ class LiteRTBackend(Backend):
         )
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self._loaded()
-        t = self._ins[0]
-        n = batch.shape[0]
-        if self._static_batch_of_one(n):
-            return np.concatenate([self.infer(batch[k : k + 1]) for k in range(n)])
-        return self._run([(t, self._prepare(t, batch))], self._outs[:1])[0]
+        t, o = self._ins[0], self._outs[0]
+        if batch.dtype != t.np_dtype:
+            batch = self._prepare(t, batch)
+        if batch.shape != self._shapes.get(t.index):
+            if self._static_batch_of_one(batch.shape[0]):
+                return np.concatenate([self.infer(batch[k : k + 1]) for k in range(batch.shape[0])])
+            return self._run([(t, batch)], self._outs[:1])[0]
+        it = self._it
+        it.set_tensor(t.index, batch)
+        it.invoke()
+        y = it.get_tensor(o.index)  # get_tensor returns a copy
+        return o.quant.dequantize(y) if o.quant is not None else y
 
     def infer_named(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         self._loaded()
