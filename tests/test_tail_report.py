@@ -402,3 +402,32 @@ def test_report_breaks_rejections_down_per_model_and_shows_unattributable_input(
     (tmp_path / "stats.json").unlink()
     rep = json.loads(edged("report", str(tmp_path), "--json").stdout)
     assert rep["unattributable"] is None and rep["log_health"] is None
+
+
+@pytest.mark.timeout(60)
+def test_tail_follow_summary_picks_up_the_daemons_stats_file(tmp_path: Path) -> None:
+    with JsonlWriter(tmp_path / "decisions.jsonl") as w:
+        w.write({"ts": T0, "seq": 1, "model": "cnn", "decision": "rejected", "reason": "non_finite", "sender": "s1"})
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "tail", "-f", "--dir", str(tmp_path), "--no-color",
+                             "--interval", "0.2", "--poll", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = LineReader(proc)
+        line = reader.readline(time.monotonic() + 20)
+        assert line is not None and "non_finite (seq 1 from s1)" in line
+        # the daemon rewrites stats.json every status interval: the next summary shows it
+        write_stats_file(tmp_path, {"ts": T0, "sources": {"serial": {"accepted": 1, "rejected": {"bad_cobs": 5}}}})
+        deadline = time.monotonic() + 20
+        text = ""
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        while "unattributable input: 5 (bad_cobs 5)" not in text and time.monotonic() < deadline:
+            chunk = proc.stderr.read()
+            text += chunk.decode() if chunk else ""
+            time.sleep(0.05)
+        assert "unattributable input: 5 (bad_cobs 5)" in text and "rejected: non_finite 1" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
