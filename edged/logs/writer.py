@@ -300,18 +300,17 @@ class JsonlWriter:
         Records still spooled afterwards are counted in ``lost`` (and logged); later writes are
         counted as errors and lost. Returns the total of lost records (``stats()["lost"]``).
         """
-        deadline = self._clock() + max(0.0, timeout_s)
+        deadline = time.monotonic() + max(0.0, timeout_s)  # real time: this one sleeps
         while True:
             with self._lock:
                 if self._closed:
                     return self._lost
                 if not (self._degraded and self._spool):
                     break
-                now = self._clock()
-                self._attempt_locked(now)
+                self._attempt_locked(self._clock())
                 if not self._degraded:
                     break
-                wait = min(self._backoff, deadline - now)
+                wait = min(self._backoff, deadline - time.monotonic())
             if wait <= 0:
                 break
             time.sleep(wait)  # not under the lock: writers keep spooling meanwhile
