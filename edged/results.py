@@ -34,12 +34,21 @@ MAX_VALUES = 16
 DIGITS = 6
 
 
+#: Vectors up to this size are summarised in plain Python (cheaper than numpy's per-call overhead).
+SMALL = 64
+
+
 def _num(v: Any) -> Optional[float]:
     """A float for JSON: rounded to :data:`DIGITS` significant digits; NaN/inf become None."""
     f = float(v)
     if not math.isfinite(f):
         return None
     return float(f"{f:.{DIGITS}g}")
+
+
+def _score(f: float) -> Optional[float]:
+    """A probability for JSON: rounded to :data:`DIGITS` decimals; NaN becomes None."""
+    return round(f, DIGITS) if math.isfinite(f) else None
 
 
 def _one_sample(arr: np.ndarray, out: ModelOutput) -> np.ndarray:
@@ -51,26 +60,40 @@ def _one_sample(arr: np.ndarray, out: ModelOutput) -> np.ndarray:
 
 def summarize_classifier(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
     """{"label": int, "name": str|None, "score": float, "top": [[label, score], ...]} of one sample."""
-    v = np.asarray(arr).reshape(-1)
-    if v.size == 0:
+    v = arr if arr.ndim == 1 else np.asarray(arr).reshape(-1)
+    n = int(v.size)
+    if n == 0:
         return {"label": None, "name": None, "score": None, "top": []}
-    if out.kind == "logits":
-        e = np.exp(v.astype(np.float64) - float(v.max()))
-        v = e / e.sum()
-    k = min(out.top_k, v.size)
-    if k == 1:
-        top_idx: List[int] = [int(v.argmax())]
+    k = min(out.top_k, n)
+    if n <= SMALL:
+        vals: List[float] = v.tolist()
+        if out.kind == "logits":
+            m = max(vals)
+            ex = [math.exp(z - m) for z in vals]
+            total = sum(ex)
+            vals = [e / total for e in ex]
+        if k == 1:
+            top_idx = [max(range(n), key=vals.__getitem__)]
+        else:  # stable: ties keep the lower class index first
+            top_idx = sorted(range(n), key=vals.__getitem__, reverse=True)[:k]
+        top_vals = [vals[i] for i in top_idx]
     else:
-        part = np.argpartition(-v, k - 1)[:k] if v.size > k else np.arange(v.size)
-        top_idx = [int(i) for i in part[np.argsort(-v[part], kind="stable")]]
-    vals = v[top_idx].tolist()
+        if out.kind == "logits":
+            e = np.exp(v.astype(np.float64) - float(v.max()))
+            v = e / e.sum()
+        if k == 1:
+            top_idx = [int(v.argmax())]
+        else:
+            part = np.argpartition(-v, k - 1)[:k]
+            top_idx = [int(i) for i in part[np.argsort(-v[part], kind="stable")]]
+        top_vals = v[top_idx].tolist()
     label = top_idx[0]
     labels = out.labels
     return {
         "label": label,
         "name": labels[label] if label < len(labels) else None,
-        "score": _num(vals[0]),
-        "top": [[i, _num(s)] for i, s in zip(top_idx, vals)],
+        "score": _score(top_vals[0]),
+        "top": [[i, _score(s)] for i, s in zip(top_idx, top_vals)],
     }
 
 
@@ -86,8 +109,11 @@ def summarize_tensor(arr: np.ndarray, out: Optional[ModelOutput] = None) -> Dict
     s: Dict[str, Any] = {"shape": list(a.shape), "dtype": a.dtype.name}
     if a.size == 0 or a.dtype.kind not in "biuf":
         s.update(min=None, max=None, mean=None)
-        return s
-    s.update(min=_num(a.min()), max=_num(a.max()), mean=_num(a.mean(dtype=np.float64)))
+    elif a.size <= SMALL:
+        vals = a.reshape(-1).tolist()
+        s.update(min=_num(min(vals)), max=_num(max(vals)), mean=_num(math.fsum(vals) / len(vals)))
+    else:
+        s.update(min=_num(a.min()), max=_num(a.max()), mean=_num(a.mean(dtype=np.float64)))
     return s
 
 
@@ -112,12 +138,15 @@ def summarize(entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> Dict[str,
     outputs missing from ``outputs`` are skipped. Everything is JSON-able.
     """
     res: Dict[str, Any] = {}
+    seen = 0
     for o in entry.outputs:
         arr = outputs.get(o.name)
-        if arr is None or o.kind == "state":
+        if arr is None:
             continue
-        res[o.name] = summarize_output(arr, o)
-    if len(outputs) > len(res):
+        seen += 1
+        if o.kind != "state":
+            res[o.name] = summarize_output(arr, o)
+    if len(outputs) > seen:
         from edged.models import ModelOutput
 
         declared = {o.name for o in entry.outputs}
