@@ -12,7 +12,7 @@ and ``manifest.json`` (input spec, labels, preprocessing, sha256 of every
 artifact, parameter count, FLOPs, accuracy and macro-F1 of each artifact on
 the held-out set).
 
-Models (Saguil & Azim's pair):
+Models (Saguil & Azim's pair, and a quantised variant):
 - ``mlp``: 1-D signal classifier. Wisconsin breast-cancer features (30 floats),
   one hidden Dense(32, relu), softmax over 2 classes. Standardisation is folded
   into the first layer, so the model takes raw sensor values.
@@ -20,6 +20,13 @@ Models (Saguil & Azim's pair):
   Conv2D(16) -> Conv2D(32) -> MaxPool(2) -> Flatten -> Dense(128, relu) -> Dense(10, softmax).
   Canonical layout NHWC (what a sensor sends); the ONNX artifact is NCHW and the
   catalogue transposes, which keeps layout handling exercised on a real model.
+- ``cnn_int8``: the shipped ``cnn``, full-integer quantised for LiteRT (int8 weights,
+  activations, input and output). Not retrained: the Keras model is rebuilt from
+  ``models/cnn/model.onnx``'s weights (checked against that file's outputs), and the
+  converter calibrates on the cnn's training split. Senders still send float pixels:
+  edged quantises the input and dequantises the probabilities with the tensors' own
+  scale and zero point (or a sender may send int8 directly). The manifest carries its
+  accuracy and macro-F1 as edged serves it, and its agreement with the float ``cnn``.
 """
 
 from __future__ import annotations
@@ -316,15 +323,136 @@ def build(name: str, out_dir: Path) -> Dict[str, Any]:
     return manifest
 
 
+# --------------------------------------------------------------------------- cnn_int8
+
+
+def cnn_from_onnx(onnx_path: Path):  # type: ignore[no-untyped-def]
+    """The Keras cnn with the weights of a shipped model.onnx (inverse of export_onnx_cnn)."""
+    import onnx
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
+    hwio = (2, 3, 1, 0)  # OIHW -> HWIO
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(8, 8, 1), name="input"),
+        tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        tf.keras.layers.MaxPooling2D(2, name="pool"),
+        tf.keras.layers.Flatten(name="flatten"),
+        tf.keras.layers.Dense(128, activation="relu", name="dense"),
+        tf.keras.layers.Dense(10, activation="softmax", name="probs"),
+    ])
+    model.get_layer("conv1").set_weights([w["k1"].transpose(hwio), w["c1"]])
+    model.get_layer("conv2").set_weights([w["k2"].transpose(hwio), w["c2"]])
+    model.get_layer("dense").set_weights([w["w3"], w["b3"]])
+    model.get_layer("probs").set_weights([w["w4"], w["b4"]])
+    return model
+
+
+def export_tflite_int8(model, path: Path, calibration: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """Full-integer flatbuffer: int8 weights, activations, input and output; calibrated on ``calibration``."""
+    import tensorflow as tf
+
+    def representative():  # type: ignore[no-untyped-def]
+        for i in range(len(calibration)):
+            yield [calibration[i : i + 1]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    path.write_bytes(conv.convert())
+
+
+def build_cnn_int8(out_dir: Path, src_dir: Path) -> Dict[str, Any]:
+    import shutil
+
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(SEED)
+    src = json.loads((src_dir / "manifest.json").read_text())
+    model = cnn_from_onnx(src_dir / "model.onnx")
+    d = cnn_data()
+    with np.load(src_dir / "validation.npz") as z:
+        x_va, y_va = np.ascontiguousarray(z["x"], dtype=np.float32), np.asarray(z["y"], dtype=np.int64)
+    float_p = run_onnx(src_dir / "model.onnx", np.ascontiguousarray(x_va.transpose(0, 3, 1, 2)))
+    keras_p = model.predict(x_va, verbose=0)
+    delta = float(np.abs(keras_p - float_p).max())
+    if delta > 1e-4:
+        raise SystemExit(f"cnn_int8: Keras rebuilt from {src_dir / 'model.onnx'} disagrees with it by {delta:.2e}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tfl, val = out_dir / "model.tflite", out_dir / "validation.npz"
+    export_tflite_int8(model, tfl, np.ascontiguousarray(d["x_tr"], dtype=np.float32))
+    shutil.copyfile(src_dir / "validation.npz", val)  # the same held-out set, byte for byte
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tfl))
+    i_det, o_det = it.get_input_details()[0], it.get_output_details()[0]
+    quant = {
+        "input": {"dtype": np.dtype(i_det["dtype"]).name, "scale": float(i_det["quantization"][0]),
+                  "zero_point": int(i_det["quantization"][1])},
+        "output": {"dtype": np.dtype(o_det["dtype"]).name, "scale": float(o_det["quantization"][0]),
+                   "zero_point": int(o_det["quantization"][1])},
+    }
+    manifest: Dict[str, Any] = {
+        "format": "edged-model/1",
+        "name": "cnn_int8",
+        "description": "cnn, full-integer int8 for LiteRT (weights, activations, input and output); "
+                       "float inputs are quantised by edged with the input tensor's scale and zero point",
+        "task": "classification",
+        "input": {"name": "input", "shape": [None, 8, 8, 1], "dtype": "float32", "layout": "NHWC"},
+        "output": {"name": "probs", "shape": [None, 10], "dtype": "float32", "kind": "probabilities"},
+        "labels": src["labels"],
+        "preprocessing": src["preprocessing"],
+        "quantization": quant,
+        "artifacts": {"litert": {"file": tfl.name, "sha256": sha256_file(tfl), "layout": "NHWC"}},
+        "validation": {"file": val.name, "sha256": sha256_file(val), "count": int(len(y_va)),
+                       "split": src["validation"]["split"]},
+        "parameters": src["parameters"],
+        "flops": src["flops"],
+        "source": {"model": "cnn", "onnx_sha256": sha256_file(src_dir / "model.onnx"),
+                   "calibration": f"cnn training split ({len(d['x_tr'])} images)"},
+        "metrics": {},
+        "dataset": src["dataset"],
+        "build": {"seed": SEED, "tensorflow": tf.__version__, "numpy": np.__version__, "script": "models/build.py"},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # measure what edged serves: float pixels in, quantised by the LiteRT backend, probabilities out
+    from edged.models import Catalogue
+
+    cat = Catalogue.discover([out_dir.parent], include_shipped=False)
+    with cat.load("cnn_int8", "litert") as m:
+        int8_p = m.predict(x_va)
+    manifest["metrics"] = {
+        "litert": metrics(int8_p, y_va),
+        "float_cnn": metrics(float_p, y_va),
+        "agreement_with_cnn": round(float(np.mean(int8_p.argmax(1) == float_p.argmax(1))), 6),
+        "max_abs_output_delta_vs_cnn": round(float(np.abs(int8_p - float_p).max()), 6),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="*", metavar="MODEL", help="mlp and/or cnn (default: both)")
+    ap.add_argument("models", nargs="*", metavar="MODEL",
+                    help="mlp, cnn and/or cnn_int8 (default: all three; cnn_int8 is made from models/cnn)")
     ap.add_argument("--out", type=Path, default=HERE, help="output root (default: models/)")
     args = ap.parse_args(argv)
-    for name in args.models or ["mlp", "cnn"]:
-        if name not in ("mlp", "cnn"):
-            ap.error(f"unknown model {name!r}: expected mlp or cnn")
+    for name in args.models or ["mlp", "cnn", "cnn_int8"]:
+        if name not in ("mlp", "cnn", "cnn_int8"):
+            ap.error(f"unknown model {name!r}: expected mlp, cnn or cnn_int8")
         print(f"building {name} ...", file=sys.stderr, flush=True)
+        if name == "cnn_int8":
+            m = build_cnn_int8(args.out / name, args.out / "cnn")
+            print(f"{name}: metrics={json.dumps(m['metrics'])}")
+            continue
         m = build(name, args.out / name)
         print(f"{name}: params={m['parameters']} flops={m['flops']} metrics={json.dumps(m['metrics'])}")
     return 0
