@@ -103,7 +103,7 @@ def test_unparsable_manifest(tmp_path):
 
 
 def test_unknown_model_lists_known(catalogue):
-    with pytest.raises(UnknownModelError, match="unknown model 'resnet'.*cnn, mlp"):
+    with pytest.raises(UnknownModelError, match="unknown model 'resnet'.*cnn, cnn_int8, mlp"):
         catalogue.get("resnet")
 
 

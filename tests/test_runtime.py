@@ -93,3 +93,27 @@ def test_litert_falls_back_to_tflite_runtime_when_ai_edge_litert_is_absent(monke
     ref = backend_class("onnx")()
     ref.load(str(MODELS / "mlp" / "model.onnx"))
     assert np.abs(b.infer(x) - ref.infer(x)).max() <= 1e-4
+
+
+@pytest.mark.skipif(not HAVE_LITERT, reason="no LiteRT implementation installed")
+def test_litert_several_inputs_and_outputs_by_name_and_int8(tmp_path):
+    """Also run by `make test-legacy`, so tflite-runtime's interpreter takes the same paths as ai-edge-litert."""
+    from . import modelgen as g
+
+    p = tmp_path / "rnn.tflite"
+    p.write_bytes(g.tflite_stateful())
+    b = LiteRTBackend()
+    b.load(str(p))
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    h = np.full((3, 4), 0.25, np.float32)
+    out = b.infer_named({"h": h, "x": x})
+    np.testing.assert_allclose(out["h_out"], np.tanh(x + h), atol=1e-6)
+    np.testing.assert_allclose(out["y"], np.tanh(x + h) ** 2, atol=1e-6)
+    q = tmp_path / "q.tflite"
+    q.write_bytes(g.tflite_quantized("int8"))
+    bq = LiteRTBackend()
+    bq.load(str(q))
+    y_ref, yf_ref = g.quantized_reference(x, "int8")
+    outq = bq.infer_named({"q": x})
+    np.testing.assert_allclose(outq["y"], y_ref, atol=1e-6)
+    np.testing.assert_allclose(outq["yf"], yf_ref, atol=1e-6)
