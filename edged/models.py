@@ -166,6 +166,24 @@ def shape_key(feeds: Union[np.ndarray, Sequence[int], Mapping[str, Any]]) -> str
     return "x".join(str(int(d)) for d in shape)
 
 
+def key_elements(key: str) -> int:
+    """Elements per sample a :func:`shape_key` stands for: ``"1x3x640x640"`` -> 1228800 (summed over inputs).
+
+    What an unprofiled shape's WCET is scaled by: ``wcet(profiled) * key_elements(actual) / key_elements(profiled)``.
+    ``""`` (a model without dynamic inputs) is 1.
+    """
+    if not key:
+        return 1
+    total = 0
+    for part in key.split(";"):
+        dims = part.rpartition("=")[2]
+        n = 1
+        for d in dims.split("x") if dims else ():
+            n *= int(d)
+        total += n
+    return max(total, 1)
+
+
 @dataclass(frozen=True)
 class Artifact:
     backend: str
@@ -428,6 +446,18 @@ class ModelEntry:
                 info = np.iinfo(dt)
                 out[i.name] = rng.integers(max(info.min, -128), min(info.max, 127), shp, endpoint=True).astype(dt)
         return out
+
+    def profile_cases(self, seed: int = 0) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+        """(shape key, feeds) for each of :attr:`profile_shapes`: seeded synthetic inputs, initial state.
+
+        What ``edged profile`` measures a dynamic model at when its validation set does not give
+        the shapes; empty when the manifest lists none.
+        """
+        cases = []
+        for shapes in self.profile_shapes:
+            feeds = self.make_feeds(shapes, seed=seed)
+            cases.append((self.shape_key(feeds), feeds))
+        return cases
 
     # ------------------------------------------------------------------ files
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edged.errors import ManifestError
-from edged.models import Catalogue, ModelInput, ModelOutput, parse_manifest, shape_key
+from edged.models import Catalogue, ModelInput, ModelOutput, key_elements, parse_manifest, shape_key
 
 from . import modelgen as g
 
@@ -73,6 +73,11 @@ def test_v2_dynamic_manifest_profile_shapes_and_shape_key(tmp_path):
     assert shape_key({"b": (1, 2), "a": np.zeros((3,))}) == "a=3;b=1x2"
     feeds = e.make_feeds(e.profile_shapes[1], seed=0)
     assert feeds["x"].shape == (1, 256, 256, 1) and feeds["x"].dtype == np.float32
+    cases = e.profile_cases(seed=0)
+    assert [k for k, _ in cases] == ["1x32x32x1", "1x256x256x1"]
+    np.testing.assert_array_equal(cases[1][1]["x"], feeds["x"])  # seeded: the same inputs every time
+    assert key_elements("1x256x256x1") == 64 * key_elements("1x32x32x1") == 65536
+    assert key_elements("") == 1 and key_elements("h=1x64;x=1x512") == 576
 
 
 def test_profile_shapes_by_name_fill_static_inputs(tmp_path):
