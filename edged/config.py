@@ -27,13 +27,14 @@ import difflib
 import inspect
 import os
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from edged.endpoints import ZmqEndpoint, check_serial_url, parse_zmq_endpoint, serial_scheme
-from edged.errors import EXIT_CONFIG, ConfigError
+from edged.errors import EXIT_CONFIG, ConfigError, EdgedError
 
 try:
     import tomllib  # type: ignore[import-not-found]
@@ -293,12 +294,18 @@ def _adapter_params(kind: str) -> Optional[Dict[str, Any]]:
     return {n: hints.get(n, Any) for n in params if n != "self"}
 
 
+def _is_union(origin: Any) -> bool:
+    """``Optional[X]``/``Union[X, Y]``, and ``X | None`` where an adapter is annotated that way (3.10+)."""
+    union_type = getattr(types, "UnionType", None)  # Python 3.10+
+    return origin is typing.Union or (union_type is not None and origin is union_type)
+
+
 def _hint_accepts(hint: Any, value: Any) -> bool:
     """Whether a TOML value fits a constructor annotation (no conversion: "1" is not an int)."""
     if hint is Any:
         return True
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:
+    if _is_union(origin):
         return any(_hint_accepts(a, value) for a in args if a is not type(None))
     if hint is bool:
         return isinstance(value, bool)
@@ -318,7 +325,7 @@ def _hint_accepts(hint: Any, value: Any) -> bool:
 
 def _hint_text(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:
+    if _is_union(origin):
         return " or ".join(_hint_text(a) for a in args if a is not type(None))
     simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     if hint in simple:
@@ -592,24 +599,6 @@ def _check_paths(cfg: Config, errs: _Errors) -> None:
                      "this edge's .key_secret certificate file from 'edged keys': no such file")
 
 
-def writable_dir_problem(path: os.PathLike) -> Optional[str]:
-    """``None`` if this process can create files in ``path`` (or create ``path`` itself, where it does
-    not exist yet), else why not. Creates nothing: ``edged check-config`` uses it on the logs dir."""
-    p = Path(os.fspath(path))
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        who = f"uid {os.getuid()}" if hasattr(os, "getuid") else "this user"
-        what = "is not writable" if probe == p else f"does not exist and {probe} is not writable"
-        return f"{p} {what} by {who}"
-    return None
-
-
 def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]] = None,
                 check_models: bool = True) -> Config:
     """Read, override from the environment, validate. Raises ConfigError listing every problem."""
@@ -659,17 +648,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, environ={} if args.no_env else None)
-        log_dir = cfg.resolved_log_dir()
-        problem = writable_dir_problem(log_dir)
-        if problem:
-            raise ConfigError(f"{cfg.path}: logs dir {log_dir}: expected a directory edged can write its "
-                              f"records in: {problem}")
     except ConfigError as exc:
         lines = str(exc).splitlines()
         for line in lines:
             print(line, file=sys.stderr)
         print(f"edged check-config: {len(lines)} error(s)", file=sys.stderr)
         return EXIT_CONFIG
+    from edged.logs import ensure_writable_dir
+
+    try:  # as `edged run` does before READY=1: create the logs dir if missing and prove it is writable
+        ensure_writable_dir(cfg.resolved_log_dir())
+    except EdgedError as exc:  # not a config error: exit 1, so Restart=on-failure may retry (a disk comes back)
+        print(f"edged check-config: {exc}", file=sys.stderr)
+        return 1
     if not args.quiet:
         srcs = ", ".join(f"{s.type}:{getattr(s, 'endpoint', '') or getattr(s, 'url', '')}" for s in cfg.sources)
         print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; policy {cfg.policy.default}; "

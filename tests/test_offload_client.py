@@ -190,6 +190,25 @@ def test_bad_endpoint_is_a_start_up_error_naming_it(endpoint: str) -> None:
     assert not [t for t in threading.enumerate() if t.name == "fog-client-io" and t.name not in before]
 
 
+def test_socket_that_cannot_be_made_is_a_start_up_error_not_a_dead_thread() -> None:
+    from edged.errors import EdgedError
+
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, 1)  # the DEALER fits, its monitor does not: EMFILE inside the I/O thread
+    try:
+        with pytest.raises(EdgedError, match=r"fog client for 'tcp://127.0.0.1:5556' cannot start: .*Too many"):
+            ZmqFogBackend("tcp://127.0.0.1:5556", context=ctx)
+    finally:
+        ctx.term()  # returns: nothing was left open
+
+
+def test_unreadable_curve_key_is_a_start_up_error(tmp_path: Any) -> None:
+    from edged.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fog CURVE keys: .*nope.key_secret"):
+        ZmqFogBackend("tcp://127.0.0.1:5556", curve_client_key=str(tmp_path / "nope.key_secret"))
+
+
 def test_host_that_does_not_exist_is_a_start_up_error() -> None:
     import socket
 

@@ -25,6 +25,7 @@ answered by rebuilding the socket.
 from __future__ import annotations
 
 import abc
+import errno
 import itertools
 import logging
 import math
@@ -251,16 +252,20 @@ class ZmqFogBackend(FogBackend):
                  resolve_timeout_s: float = 2.0) -> None:
         check_fog_endpoint(endpoint, resolve_timeout_s)
         self.endpoint = endpoint
-        self._server_key = _read_key(curve_server_key, want_secret=False)
         self._client_keys: Optional[tuple] = None
-        if isinstance(curve_client_key, tuple):
-            self._client_keys = curve_client_key
-        elif curve_client_key is not None:
-            from zmq.auth import load_certificate
+        try:
+            self._server_key = _read_key(curve_server_key, want_secret=False)
+            if isinstance(curve_client_key, tuple):
+                self._client_keys = curve_client_key
+            elif curve_client_key is not None:
+                from zmq.auth import load_certificate
 
-            self._client_keys = load_certificate(os.fspath(curve_client_key))
-            if self._client_keys[1] is None:
-                raise ValueError(f"{curve_client_key!r} holds no secret key (use the .key_secret file)")
+                self._client_keys = load_certificate(os.fspath(curve_client_key))
+                if self._client_keys[1] is None:
+                    raise ValueError(f"{curve_client_key!r} holds no secret key (use the .key_secret file)")
+        except (OSError, ValueError) as exc:  # a start-up error naming the file, not a traceback
+            raise ConfigError(f"fog CURVE keys: {exc}; expected the certificate files 'edged keys' writes "
+                              "(fog.curve_server_public_key, fog.curve_client_secret_key)") from exc
         if self._server_key is not None and self._client_keys is None:
             self._client_keys = zmq.curve_keypair()  # an anonymous key pair: enough if the fog allows any key
         self.max_msg_bytes = max_msg_bytes
@@ -288,7 +293,7 @@ class ZmqFogBackend(FogBackend):
         self._thread.start()
         self._started.wait(10.0)
         if self._startup_error is not None or not self._started.is_set():
-            exc = self._startup_error
+            failure = self._startup_error
             self._closed = True
             self._stop.set()
             self._thread.join(5.0)
@@ -296,9 +301,12 @@ class ZmqFogBackend(FogBackend):
                 os.close(fd)
             if self._own_ctx:
                 self._ctx.term()
-            why = f"{type(exc).__name__}: {exc}" if exc is not None else "the I/O thread did not start"
-            raise ConfigError(f"fog endpoint {endpoint!r}: cannot connect a socket to it ({why}); "
-                              "expected tcp://HOST:PORT or ipc://PATH")
+            why = f"{type(failure).__name__}: {failure}" if failure is not None else "the I/O thread did not start"
+            address_errors = {errno.EINVAL, errno.EPROTONOSUPPORT, getattr(zmq, "ENOCOMPATPROTO", -1)}
+            if isinstance(failure, zmq.ZMQError) and failure.errno in address_errors:
+                raise ConfigError(f"fog endpoint {endpoint!r}: libzmq refuses it ({why}); "
+                                  "expected tcp://HOST:PORT or ipc://PATH")
+            raise EdgedError(f"fog client for {endpoint!r} cannot start: {why}")
 
     # ---- caller side -----------------------------------------------------------------------------
     def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
@@ -359,24 +367,29 @@ class ZmqFogBackend(FogBackend):
 
     # ---- I/O thread ------------------------------------------------------------------------------
     def _make_socket(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """A connected DEALER and its monitor; on any failure nothing is left open (so the context can end)."""
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.SNDHWM, 10000)
-        sock.setsockopt(zmq.RCVHWM, 10000)
-        sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_msg_bytes))
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self._server_key is not None and self._client_keys is not None:
-            sock.curve_serverkey = self._server_key
-            sock.curve_publickey = self._client_keys[0]
-            sock.curve_secretkey = self._client_keys[1]
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-                                          | zmq.EVENT_CONNECTED)
+        monitor: Optional[zmq.Socket] = None
         try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 10000)
+            sock.setsockopt(zmq.RCVHWM, 10000)
+            sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_msg_bytes))
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self._server_key is not None and self._client_keys is not None:
+                sock.curve_serverkey = self._server_key
+                sock.curve_publickey = self._client_keys[0]
+                sock.curve_secretkey = self._client_keys[1]
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                              | zmq.EVENT_CONNECTED)
             sock.connect(self.endpoint)
         except BaseException:
-            self._close_socket(sock, monitor)
+            if monitor is not None:
+                self._close_socket(sock, monitor)
+            else:
+                sock.close(0)
             raise
         return sock, monitor
 
