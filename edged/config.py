@@ -276,7 +276,7 @@ def _coerce(value: Any, tp: str) -> Tuple[bool, Any]:
 
 
 def _adapter_params(kind: str) -> Optional[Dict[str, Any]]:
-    """Constructor keywords of a power adapter and their annotated types (``Any`` where unknown),
+    """Constructor keywords of a power adapter and their types (annotation, else the default's type),
     so typos and wrongly typed values in [power.<kind>] fail check-config, not the sampler."""
     try:
         from edged.power.base import power_source_class
@@ -291,7 +291,15 @@ def _adapter_params(kind: str) -> Optional[Dict[str, Any]]:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # an annotation this Python cannot evaluate: check names only
         hints = {}
-    return {n: hints.get(n, Any) for n in params if n != "self"}
+    out: Dict[str, Any] = {}
+    for n, p in params.items():
+        if n == "self":
+            continue
+        hint = hints.get(n, Any)
+        if hint is Any and type(p.default) in (bool, int, float, str):
+            hint = type(p.default)  # unannotated: the default's type is the best statement of intent
+        out[n] = hint
+    return out
 
 
 def _is_union(origin: Any) -> bool:

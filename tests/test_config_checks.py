@@ -298,3 +298,42 @@ def test_run_refuses_the_same_config_before_ready(tmp_path, name, text, env, exp
     assert expected in p.stderr and "edged run: error:" in p.stderr
     assert not [m for m in ns.messages if "READY=1" in m]
     assert not (tmp_path / "logs" / "decisions.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- property: our parser is never laxer than libzmq
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = st.lists(st.sampled_from([
+    "tcp", "ipc", "inproc", "udp", "TCP", "://", ":/", "//", ":", ";", "*", "[", "]", "::1", "%lo", "fe80::1",
+    "127.0.0.1", "10.0.0.2", "0", "1", "5556", "65535", "65536", "-1", "host", "fog.local", "a_b", "-", ".", " ",
+    "eth0", "/tmp/x", "@abs", "?", "é",
+]), min_size=1, max_size=8).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_PIECES, st.text(max_size=40)))
+def test_an_endpoint_we_accept_is_one_libzmq_connects_to(text):
+    import zmq
+
+    from edged.endpoints import check_zmq_endpoint, parse_zmq_endpoint
+
+    for bind in (False, True):
+        ep, why = parse_zmq_endpoint(text, bind=bind)  # never raises
+        assert (ep is None) == (why is not None)
+        if why is not None:
+            assert why.startswith("tcp://HOST:PORT, ipc://PATH")
+    if check_zmq_endpoint(text, bind=False) is None and not text.startswith("inproc://"):
+        with zmq.Context.instance().socket(zmq.DEALER) as s:
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(text)  # a ZMQError here is a bad endpoint that slipped through to the I/O thread
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.sampled_from(["loop://", "socket://h:1", "spy://", "/dev/ttyS0"])))
+def test_serial_url_check_never_raises(text):
+    from edged.endpoints import check_serial_url
+
+    why = check_serial_url(text)
+    assert why is None or isinstance(why, str)
