@@ -6,7 +6,6 @@ line or a CLI message is enough to fix the problem without reading code.
 
 from __future__ import annotations
 
-
 #: exit status of any edged command for an invalid configuration (sysexits EX_CONFIG); the
 #: systemd units list it in RestartPreventExitStatus= so a config error does not restart-loop
 EXIT_CONFIG = 78
@@ -53,3 +52,7 @@ class Interrupted(EdgedError):
 
 class LogStorageError(EdgedError):
     """The logs directory or a log file cannot be created or written; the message says what to do."""
+
+
+class SourceError(EdgedError):
+    """A sensor source cannot take its endpoint (e.g. a ZeroMQ bind fails); names the endpoint and errno."""

@@ -13,6 +13,7 @@ The CRC is ``zlib.crc32`` of everything before it in the decoded body.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -21,6 +22,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 MIN_BODY_BYTES = 6
 #: Default limit on one frame or line between delimiters (bytes).
 DEFAULT_MAX_FRAME_BYTES = 65536
+#: Longest header accepted, in bytes (inclusive): the range of the COBS ``header_len`` field.
+MAX_HEADER_BYTES = 65535
+#: Deepest JSON nesting accepted (inclusive), counted in ``[``/``{`` levels; checked before parsing,
+#: so a nesting bomb is a counted rejection and never reaches the recursive parser.
+MAX_JSON_DEPTH = 32
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -33,12 +39,15 @@ class FrameError(Exception):
     ``detail`` a human explanation for the log line.
     """
 
-    def __init__(self, reason: str, detail: str = "", nbytes: int = 0) -> None:
+    def __init__(self, reason: str, detail: str = "", nbytes: int = 0,
+                 header: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         #: bytes of stream discarded with this error (oversize runs), else 0
         self.nbytes = nbytes
+        #: the parsed header of the refused input, when parsing got that far (attributes the rejection)
+        self.header = header
 
 
 # --------------------------------------------------------------------------- COBS
@@ -133,14 +142,66 @@ def parse_body(body: bytes) -> Tuple[Dict[str, Any], bytes]:
 
 
 def parse_header_json(raw: bytes) -> Dict[str, Any]:
-    """Parse a UTF-8 JSON object header; ``bad_header`` if it is not one."""
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FrameError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
+    """Parse a UTF-8 JSON object header; ``bad_header`` if it is not one.
+
+    Checks, in order: size (at most :data:`MAX_HEADER_BYTES`), nesting (at most
+    :data:`MAX_JSON_DEPTH` levels), UTF-8 JSON, a JSON object. Never raises anything
+    but :class:`FrameError`.
+    """
+    if len(raw) > MAX_HEADER_BYTES:
+        raise FrameError("bad_header", f"header of {len(raw)} bytes; limit {MAX_HEADER_BYTES}")
+    header = parse_json(raw, "header", "bad_header")
     if not isinstance(header, dict):
-        raise FrameError("bad_header", f"header is a JSON {type(header).__name__}, not an object")
+        raise FrameError("bad_header", f"header is a JSON {_json_kind(header)}, not an object")
     return header
+
+
+def parse_json(raw: bytes, what: str, reason: str) -> Any:
+    """Parse UTF-8 JSON whose nesting is first checked against :data:`MAX_JSON_DEPTH`.
+
+    Any failure is a :class:`FrameError` ``reason`` naming ``what``: over-deep nesting,
+    invalid UTF-8 or JSON, an integer literal too long for Python (4300+ digits).
+    """
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise FrameError(reason, f"{what} nests {depth} levels deep; limit {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: belt and braces
+        raise FrameError(reason, f"{what} is not UTF-8 JSON: {str(exc)[:120]}") from None
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+#: A JSON string literal (the unrolled-loop form: linear time, no backtracking blow-up).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of ``raw`` outside string literals, without parsing it.
+
+    An upper bound of the parser's recursion for any input (a valid prefix is counted
+    exactly; invalid JSON may be over-counted, and is refused by the parser anyway).
+    Costs two ``bytes.count`` calls when there are few brackets; otherwise one regex pass
+    and one numpy cumulative sum (linear, C speed).
+    """
+    data = bytes(raw)
+    opens = data.count(b"[") + data.count(b"{")
+    if opens <= MAX_JSON_DEPTH:
+        return opens
+    import numpy as np  # only for headers/messages with many brackets
+
+    if b'"' in data:
+        data = _JSON_STRING.sub(b'""', data)
+    codes = np.frombuffer(data, dtype=np.uint8)
+    step = (codes == 0x5B).astype(np.int32)
+    step += codes == 0x7B
+    step -= codes == 0x5D
+    step -= codes == 0x7D
+    return int(np.cumsum(step).max(initial=0))
 
 
 # --------------------------------------------------------------------------- stream deframers
@@ -221,14 +282,20 @@ class CobsDeframer(_DelimitedDeframer):
 
 
 class LineDeframer(_DelimitedDeframer):
-    """Splits a byte stream into lines on ``\\n`` (a trailing ``\\r`` is stripped); blank lines are skipped."""
+    """Splits a byte stream into lines ended by ``\\n``, ``\\r\\n`` or a bare ``\\r``; blank lines are skipped.
+
+    A ``\\r`` is a line end of its own (old Mac / some terminals), never part of a value;
+    ``\\r\\n`` therefore ends one line and leaves an empty one, which is skipped.
+    """
 
     _delimiter = b"\n"
     _unit = "line"
 
+    def feed(self, chunk: bytes) -> Iterator[Tuple[bytes, Optional[FrameError]]]:
+        return super().feed(bytes(chunk).replace(b"\r", b"\n"))
+
     def _segment(self, raw: bytes) -> bytes:
-        line = raw.rstrip(b"\r")
-        return line if line.strip() else b""
+        return raw if raw.strip() else b""
 
 
 # --------------------------------------------------------------------------- lines

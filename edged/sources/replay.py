@@ -109,7 +109,10 @@ class ReplaySource(Source):
                 try:
                     sample = sample_from_values(self.specs, self.model, row, self.name, -1)
                 except FrameError as err:
-                    self.stats.count_rejected(err.reason, f"row {i - 1}: {err.detail}")
+                    self.reject(err.reason, f"row {i - 1}: {err.detail}", model=self.model)
+                    continue
+                except Exception as exc:  # one bad row never stops the replay
+                    self.reject_unexpected(exc, model=self.model)
                     continue
                 sample.seq = self.next_local_seq(self.model)
                 self.deliver(sample, sink)

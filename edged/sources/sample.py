@@ -21,9 +21,11 @@ class Sample:
         source: name of the source it arrived on (e.g. ``"zmq"``, ``"serial:/dev/ttyUSB0"``).
         t_arrival: ``time.monotonic()`` when edged received it (s); latency is measured from here.
         ts_arrival: wall-clock unix time when edged received it (s), for logs.
-        sender_ts: sender's own unix timestamp (s) if it sent one.
+        sender_ts: sender's own unix timestamp (s), the header's ``ts``, if it sent one.
         deadline_ms: optional latency budget from the sender, relative to arrival.
-        meta: any other sender metadata (header fields edged does not interpret).
+        meta: the header fields edged does not interpret (bounded: at most 16 keys of at
+            most 64 bytes, JSON scalar values, strings at most 256 bytes; see docs/protocol.md).
+        sender: the header's ``sender`` (a string of at most 128 UTF-8 bytes), if it sent one.
     """
 
     model: str
@@ -35,6 +37,7 @@ class Sample:
     sender_ts: Optional[float] = None
     deadline_ms: Optional[float] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    sender: Optional[str] = None
 
     @property
     def nbytes(self) -> int:

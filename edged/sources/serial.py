@@ -9,10 +9,13 @@ and once when it ends, and counted in ``stats.reconnects``.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 from typing import Any, Mapping, Optional, Union
 
+from edged.errors import SourceError
 from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
 from edged.sources.framing import (
@@ -26,7 +29,7 @@ from edged.sources.framing import (
 )
 from edged.sources.sample import Sample
 from edged.sources.stats import OutageLog
-from edged.sources.validate import header_seq, sample_from_payload, sample_from_values
+from edged.sources.validate import HeaderInfo, array_from_payload, array_from_values, check_header, known_model
 
 log = logging.getLogger("edged.sources.serial")
 
@@ -48,6 +51,25 @@ def open_port(url: str, baudrate: int) -> Any:
     return serial.serial_for_url(url, baudrate=baudrate, timeout=READ_TIMEOUT_S)
 
 
+def describe_os_error(exc: BaseException) -> str:
+    """``No such file or directory (ENOENT)`` for an error with an errno, else its text (bounded)."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        return f"{os.strerror(code)} ({errno.errorcode[code]})"
+    return str(exc)[:200] or type(exc).__name__
+
+
+def _line_model(segment: bytes) -> Optional[str]:
+    """The ``name:`` prefix of a line, if it has an ASCII one (for attributing a refused line)."""
+    colon = segment.find(b":")
+    if colon <= 0:
+        return None
+    try:
+        return segment[:colon].strip().decode("ascii") or None
+    except UnicodeDecodeError:
+        return None
+
+
 class SerialSource(Source):
     """Serial port source.
 
@@ -58,7 +80,7 @@ class SerialSource(Source):
         baudrate: line rate (bit/s); ignored by ptys, ``loop://`` and ``socket://``.
         default_model: model for lines without a ``name:`` prefix (and COBS
             headers without ``model``); None = such inputs are ``unknown_model``.
-        max_frame_bytes: longest frame/line accepted (bytes); longer = ``oversize``.
+        max_frame_bytes: longest frame/line accepted (bytes, inclusive); longer = ``oversize``.
         name: source name (default ``serial:<url>``).
     """
 
@@ -86,16 +108,74 @@ class SerialSource(Source):
         self.connected = threading.Event()
         self._outage = OutageLog(self.name)
         self._was_connected = False
+        self._port: Any = None
+        self._state: Optional[str] = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def open(self) -> None:
+        """Open the port now if the device is there, so pyserial's input flush happens before READY=1.
+
+        An absent or busy device does not raise: ``run`` keeps retrying with backoff and
+        :meth:`state` says ``waiting for <url>: <why>``. A URL pyserial cannot understand at
+        all (``ValueError``: unknown scheme, bad option) raises :class:`~edged.errors.SourceError`.
+        """
+        if self._port is not None or self.connected.is_set():
+            return
+        try:
+            self._port = self._open_once()
+        except ValueError as exc:
+            raise SourceError(f"serial source {self.name!r}: cannot open {self.url}: {exc}") from None
+
+    def state(self) -> Optional[str]:
+        """``waiting for /dev/ttyUSB0: No such file or directory (ENOENT)`` while the port is not open, else None."""
+        return self._state
+
+    def close(self) -> None:
+        """Close a port taken by :meth:`open` when the source will not run."""
+        if self._thread is None and self._port is not None:
+            try:
+                self._port.close()
+            except Exception:
+                pass
+            self._port = None
+            self.connected.clear()
+
+    def _open_once(self) -> Any:
+        """One attempt: the open port, or None (state and outage updated). ValueError propagates."""
+        try:
+            port = open_port(self.url, self.baudrate)
+        except ValueError:
+            raise
+        except Exception as exc:  # SerialException, OSError: absent, busy, no permission
+            self._state = f"waiting for {self.url}: {describe_os_error(exc)}"
+            self._outage.down(f"opening {self.url}", exc)
+            return None
+        self._state = None
+        self._outage.up()
+        if self._was_connected:  # back after a loss (the first open is not a reconnect)
+            self.stats.count_reconnect()
+        self._was_connected = True
+        self.connected.set()
+        return port
 
     # ------------------------------------------------------------------ loop
 
     def run(self, sink: Sink, stop: threading.Event) -> None:
         backoff = BACKOFF_START_S
         while not stop.is_set():
-            port = self._open(stop, backoff)
+            port, self._port = self._port, None
             if port is None:
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
+                try:
+                    port = self._open_once()
+                except ValueError as exc:  # a URL that can never work; start() raised it already
+                    self._state = f"cannot open {self.url}: {str(exc)[:200]}"
+                    self._outage.down(f"opening {self.url}", exc)
+                    port = None
+                if port is None:
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
             backoff = BACKOFF_START_S
             try:
                 self._read_loop(port, sink, stop)
@@ -109,20 +189,6 @@ class SerialSource(Source):
                 if discarded:
                     self.stats.count_garbage(discarded)
 
-    def _open(self, stop: threading.Event, backoff: float) -> Any:
-        try:
-            port = open_port(self.url, self.baudrate)
-        except Exception as exc:  # SerialException, OSError, ValueError from a bad URL
-            self._outage.down(f"opening {self.url}", exc)
-            stop.wait(backoff)
-            return None
-        self._outage.up()
-        if self._was_connected:  # back after a loss (the first open is not a reconnect)
-            self.stats.count_reconnect()
-        self._was_connected = True
-        self.connected.set()
-        return port
-
     def _read_loop(self, port: Any, sink: Sink, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
@@ -130,48 +196,72 @@ class SerialSource(Source):
                 data = port.read(min(max(1, waiting), READ_CHUNK))
             except Exception as exc:  # SerialException / OSError: the port went away
                 if not stop.is_set():
+                    self._state = f"waiting for {self.url}: {describe_os_error(exc)}"
                     self._outage.down(f"reading {self.url}", exc)
                 return
             if data:
-                try:
-                    self.feed(data, sink)
-                except Exception:
-                    self.stats.count_error()
-                    log.exception("source %s: unexpected error handling %d bytes", self.name, len(data))
+                self.feed(data, sink)
+        try:  # stopping: what the OS already holds is handled, not dropped
+            waiting = port.in_waiting
+            if waiting:
+                self.feed(port.read(min(waiting, READ_CHUNK)), sink)
+        except Exception:
+            pass
 
     # ------------------------------------------------------------------ bytes -> samples
 
     def feed(self, data: bytes, sink: Sink) -> None:
-        """Process a chunk of received bytes (public so tests and benches can drive it directly)."""
-        for segment, err in self.deframer.feed(data):
+        """Process a chunk of received bytes (public so tests and benches can drive it directly).
+
+        Never raises: each frame/line is its own failure domain.
+        """
+        try:
+            segments = list(self.deframer.feed(data))
+        except Exception as exc:  # the deframer is simple; if it ever fails, restart it clean
+            dropped = self.deframer.reset()
+            self.reject_unexpected(exc)
+            self.stats.count_garbage(dropped)
+            return
+        for segment, err in segments:
             if err is not None:
-                self.stats.count_rejected(err.reason, err.detail, garbage_bytes=err.nbytes)
+                self.reject_error(err, garbage_bytes=err.nbytes)
                 continue
             try:
                 sample = self._parse(segment)
             except FrameError as err2:
                 garbage = len(segment) if err2.reason in _GARBAGE_REASONS else 0
-                self.stats.count_rejected(err2.reason, err2.detail, garbage_bytes=garbage)
+                model = None
+                if err2.header is None and self.framing == "lines":
+                    model = _line_model(segment) or self.default_model
+                self.reject_error(err2, model=model, garbage_bytes=garbage)
                 continue
-            self.deliver(sample, sink)
+            except Exception as exc:
+                self.reject_unexpected(exc)
+                continue
+            try:
+                self.deliver(sample, sink)
+            except Exception as exc:
+                self.stats.count_error()
+                self._log_traceback(f"sink failed for one sample ({type(exc).__name__})", exc)
 
     def _parse(self, segment: bytes) -> Sample:
         if self.framing == "cobs":
-            header, payload = parse_body(cobs_decode(segment))
-            if "model" not in header and self.default_model:
-                header["model"] = self.default_model
-            seq = header_seq(header)
-            model = header.get("model")
-            if seq is not None and isinstance(model, str) and model in self.specs:
-                self.stats.track_seq((str(header.get("sender", "")), model), seq)
-            sample = sample_from_payload(self.specs, header, payload, self.name, -1 if seq is None else seq)
-            if seq is None:  # numbered only once valid, so rejected inputs leave no holes
-                sample.seq = self.next_local_seq(sample.model)
-            return sample
+            header = None
+            try:
+                header, payload = parse_body(cobs_decode(segment))
+                if "model" not in header and self.default_model:
+                    header["model"] = self.default_model
+                info = check_header(self.specs, header)
+                arr = array_from_payload(info.spec, info.model, header, payload)
+            except FrameError as err:
+                if err.header is None:
+                    err.header = header
+                raise
+            return self.make_sample(info, arr, None)
         name, values = parse_line(segment)
         name = name or self.default_model
         if name is None:
             raise FrameError("unknown_model", "line has no 'name:' prefix and the source has no default model")
-        sample = sample_from_values(self.specs, name, values, self.name, -1)
-        sample.seq = self.next_local_seq(name)
-        return sample
+        spec = known_model(self.specs, name)
+        arr = array_from_values(spec, name, values)
+        return self.make_sample(HeaderInfo(name, spec, None, None, None, None, {}), arr, None)

@@ -7,15 +7,22 @@ which returns a JSON-ready copy.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Set, Tuple
 
 log = logging.getLogger("edged.sources")
 
 #: Minimum interval between two log lines for the same (source, reason) (s).
 REJECT_LOG_INTERVAL_S = 10.0
+#: Most ``(sender, model)`` keys the sequence tracker keeps; the least recently seen is forgotten.
+MAX_TRACKED_SENDERS = 4096
+#: Most refused-but-numbered ``seq`` values remembered per key between two valid inputs.
+MAX_REJECTED_AHEAD = 64
+#: Marker in a key's refused-seq set: more were refused than remembered; the next gap is not blamed on transit.
+_OVERFLOW = -1
 
 
 class SourceStats:
@@ -26,13 +33,15 @@ class SourceStats:
         rejected: inputs/frames refused, keyed by reason (``bad_crc``, ``wrong_size`` ...).
         lost_in_transit: inputs missing according to the senders' ``seq`` gaps.
         seq_restarts: times a sender's ``seq`` went backwards (sender restarted).
+        tracked_senders: ``(sender, model)`` keys the sequence tracker holds now (at most ``max_tracked``).
+        senders_evicted: keys the tracker forgot to stay within ``max_tracked`` (least recently seen first).
         garbage_bytes: stream bytes that did not belong to a valid frame (serial).
         reconnects: times the transport came back after an outage.
         not_accepted_downstream: valid inputs the sink refused (queue full/closed).
     """
 
     def __init__(self, name: str, log_interval_s: float = REJECT_LOG_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_tracked: int = MAX_TRACKED_SENDERS) -> None:
         self.name = name
         self.accepted = 0
         self.rejected: Dict[str, int] = {}
@@ -43,7 +52,12 @@ class SourceStats:
         self.not_accepted_downstream = 0
         self.errors = 0
         self._lock = threading.Lock()
-        self._last_seq: Dict[Hashable, int] = {}
+        self.senders_evicted = 0
+        self.max_tracked = max(1, int(max_tracked))
+        # (sender, model) -> last valid seq, least recently seen first (an LRU of at most max_tracked keys)
+        self._last_seq: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
+        # (sender, model) -> seqs above the last valid one that were refused (so their gap is not "lost")
+        self._rejected_ahead: Dict[Hashable, Set[int]] = {}
         self._log_interval_s = log_interval_s
         self._clock = clock
         self._last_log: Dict[str, float] = {}
@@ -87,22 +101,59 @@ class SourceStats:
             self.errors += 1
 
     def track_seq(self, sender: Hashable, seq: int) -> int:
-        """Record ``seq`` from ``sender`` (e.g. ``(peer, model)``); return how many were skipped.
+        """Record a VALID input's ``seq`` from ``sender`` (e.g. ``(sender, model)``); return how many were lost.
 
-        A gap ``seq > last + 1`` adds ``seq - last - 1`` to ``lost_in_transit``; a
-        ``seq`` at or below the last one is a sender restart (tracking resets).
+        A gap ``seq > last + 1`` adds to ``lost_in_transit`` the skipped numbers that were
+        not refused inputs (see :meth:`note_rejected_seq`); a ``seq`` at or below the last
+        one is a sender restart (tracking resets). The tracker is an LRU of at most
+        ``max_tracked`` keys, so hostile or churning senders cost bounded memory.
         """
         # hot path, single writer (the source thread): no lock
-        last = self._last_seq.get(sender)
-        self._last_seq[sender] = seq
-        if last is None or seq == last + 1:
+        d = self._last_seq
+        last = d.get(sender)
+        if last is None:
+            d[sender] = seq
+            if len(d) > self.max_tracked:
+                old, _ = d.popitem(last=False)
+                self._rejected_ahead.pop(old, None)
+                self.senders_evicted += 1
             return 0
-        if seq > last + 1:
-            gap = seq - last - 1
-            self.lost_in_transit += gap
-            return gap
-        self.seq_restarts += 1
-        return 0
+        d[sender] = seq
+        d.move_to_end(sender)
+        if seq == last + 1 and not self._rejected_ahead:
+            return 0
+        ahead = self._rejected_ahead.pop(sender, None)
+        if seq <= last:
+            self.seq_restarts += 1
+            return 0
+        gap = seq - last - 1
+        if ahead:
+            if _OVERFLOW in ahead:
+                gap = 0  # more refusals than remembered: do not blame transit for any of this gap
+            else:
+                gap -= sum(1 for s in ahead if last < s < seq)
+                keep = {s for s in ahead if s > seq}
+                if keep:
+                    self._rejected_ahead[sender] = keep
+        self.lost_in_transit += gap
+        return gap
+
+    def note_rejected_seq(self, sender: Hashable, seq: int) -> None:
+        """A REFUSED input carried ``seq``: its number is not lost in transit when the next valid one jumps it.
+
+        Only for keys the tracker already holds (refused inputs never create state), only
+        numbers above the last valid one, at most :data:`MAX_REJECTED_AHEAD` per key.
+        """
+        last = self._last_seq.get(sender)
+        if last is None or seq <= last:
+            return
+        ahead = self._rejected_ahead.setdefault(sender, set())
+        if _OVERFLOW in ahead:
+            return
+        if len(ahead) >= MAX_REJECTED_AHEAD:
+            ahead.add(_OVERFLOW)
+        else:
+            ahead.add(seq)
 
     # ---- reads (any thread)
 
@@ -121,6 +172,8 @@ class SourceStats:
                 "rejected_total": sum(self.rejected.values()),
                 "lost_in_transit": self.lost_in_transit,
                 "seq_restarts": self.seq_restarts,
+                "tracked_senders": len(self._last_seq),
+                "senders_evicted": self.senders_evicted,
                 "garbage_bytes": self.garbage_bytes,
                 "reconnects": self.reconnects,
                 "not_accepted_downstream": self.not_accepted_downstream,

@@ -9,10 +9,16 @@ Two message forms (see ``docs/protocol.md``):
 With a blocking sink (queue policy ``block``) ``run`` stops reading while the
 queue is full; ZeroMQ then queues up to ``rcvhwm`` messages per peer and
 pushes back on the senders (their ``send`` blocks or fails with EAGAIN).
+
+Every message is its own failure domain: whatever one message raises is
+counted under a reason and costs nothing to the messages around it. On stop
+the socket first unbinds (or disconnects), so senders queue on their side,
+then every message that already reached the socket is handled before it closes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -22,11 +28,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import zmq
 
+from edged.errors import SourceError
 from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
-from edged.sources.framing import FrameError, parse_header_json
+from edged.sources.framing import MAX_HEADER_BYTES, FrameError, parse_header_json, parse_json
 from edged.sources.sample import Sample
-from edged.sources.validate import _layout, header_seq, sample_from_payload, sample_from_values
+from edged.sources.validate import (
+    MAX_SEQ,
+    _layout,
+    array_from_message,
+    array_from_payload,
+    check_header,
+)
 
 log = logging.getLogger("edged.sources.zmq")
 
@@ -36,10 +49,27 @@ DEFAULT_MAX_MSG_BYTES = 4 * 1024 * 1024
 POLL_MS = 100
 #: Messages drained per poll wake-up before checking ``stop`` again.
 DRAIN_BATCH = 256
+#: On stop, after unbinding: the socket counts as drained once it stayed empty this long (ms).
+DRAIN_QUIET_MS = 50
+#: On stop: the longest the drain may take (s), e.g. if unbinding did not cut the senders off (inproc).
+DRAIN_MAX_S = 2.0
 #: Header keys the burst fast path handles itself; any other key takes the general path.
 _FAST_KEYS = frozenset({"model", "seq", "ts"})
 #: ``(str, index) -> (object, end)``: the C scanner behind ``json.loads``.
 _SCAN_JSON = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def errno_name(code: Optional[int]) -> str:
+    """``EADDRINUSE`` for 98; libzmq's own codes by their zmq names; ``errno N`` otherwise."""
+    if code is None:
+        return "no errno"
+    name = errno.errorcode.get(code)
+    if name:
+        return name
+    try:
+        return zmq.Errno(code).name
+    except ValueError:
+        return f"errno {code}"
 
 
 class ZmqSource(Source):
@@ -74,15 +104,16 @@ class ZmqSource(Source):
         self.context = context
         self.bound_endpoint: Optional[str] = None
         self.ready = threading.Event()
+        self._sock: Optional[zmq.Socket] = None
 
     def open_socket(self) -> zmq.Socket:
         """Create, configure and bind/connect the PULL socket (also sets ``bound_endpoint``)."""
         ctx = self.context or zmq.Context.instance()
         sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg_bytes)
         try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg_bytes)
             if self.bind:
                 sock.bind(self.endpoint)
                 self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -94,21 +125,40 @@ class ZmqSource(Source):
             raise
         return sock
 
-    def run(self, sink: Sink, stop: threading.Event) -> None:
-        """Receive until ``stop`` is set. A bind failure is logged and retried every second."""
-        sock: Optional[zmq.Socket] = None
-        while sock is None and not stop.is_set():
-            try:
-                sock = self.open_socket()
-            except zmq.ZMQError as exc:
-                self.stats.count_error()
-                log.error("source %s: cannot %s %s: %s; retrying", self.name,
-                          "bind" if self.bind else "connect", self.endpoint, exc)
-                stop.wait(1.0)
-        if sock is None:
+    def open(self) -> None:
+        """Create the socket and bind (or connect) it now, synchronously. Idempotent.
+
+        Raises :class:`~edged.errors.SourceError` naming the endpoint and the errno, e.g.
+        ``zmq source 'zmq': cannot bind tcp://*:5555: Address already in use (EADDRINUSE)``.
+        """
+        if self._sock is not None:
             return
+        try:
+            sock = self.open_socket()
+        except zmq.ZMQError as exc:
+            self.stats.count_error()
+            raise SourceError(f"zmq source {self.name!r}: cannot {'bind' if self.bind else 'connect'} "
+                              f"{self.endpoint}: {exc.strerror} ({errno_name(exc.errno)})") from None
+        self._sock = sock
         self.ready.set()
         log.info("source %s: PULL %s %s", self.name, "bound to" if self.bind else "connected to", self.bound_endpoint)
+
+    def close(self) -> None:
+        """Close a socket taken by :meth:`open` when the source will not run (a failed start-up)."""
+        if self._thread is None and self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+            self.ready.clear()
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        """Receive until ``stop`` is set; then unbind, drain what reached the socket, and close it."""
+        try:
+            self.open()
+        except SourceError as exc:  # run() never raises: start() has already raised this to the caller
+            log.error("%s", exc)
+            return
+        sock = self._sock
+        assert sock is not None
         try:
             while not stop.is_set():
                 try:
@@ -125,10 +175,52 @@ class ZmqSource(Source):
                     stop.wait(0.1)
                 except Exception:
                     self.stats.count_error()
-                    log.exception("source %s: unexpected error handling a message", self.name)
+                    log.exception("source %s: unexpected error handling a burst", self.name)
+            self.drain(sock, sink)
         finally:
             sock.close(0)
+            self._sock = None
             self.ready.clear()
+
+    def drain(self, sock: zmq.Socket, sink: Sink) -> int:
+        """Stop taking new messages and handle every one already in the socket; returns how many.
+
+        Unbinds (bind mode) or disconnects (connect mode) first: libzmq then closes the
+        peers' connections and senders queue on their side (PUSH reconnects later), while
+        messages already received stay readable. They are read until the socket stays
+        empty for :data:`DRAIN_QUIET_MS` (at most :data:`DRAIN_MAX_S`), each validated and
+        delivered or counted like any other.
+        """
+        try:
+            if self.bind:
+                if self.bound_endpoint:
+                    sock.unbind(self.bound_endpoint)
+            else:
+                sock.disconnect(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("source %s: cannot unbind %s before draining: %s", self.name, self.bound_endpoint, exc)
+        drained = 0
+        deadline = time.monotonic() + DRAIN_MAX_S
+        try:
+            while time.monotonic() < deadline:
+                burst = self._recv_burst(sock)
+                if burst:
+                    drained += len(burst)
+                    try:
+                        self.handle_burst(burst, sink)
+                    except Exception:
+                        self.stats.count_error()
+                        log.exception("source %s: unexpected error handling a burst", self.name)
+                    continue
+                if not sock.poll(DRAIN_QUIET_MS):
+                    break
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ETERM:
+                self.stats.count_error()
+                log.error("source %s: draining failed: %s", self.name, exc)
+        log.info("source %s: stopped taking messages on %s; handled %d that had reached the socket",
+                 self.name, self.bound_endpoint, drained)
+        return drained
 
     @staticmethod
     def _recv_burst(sock: zmq.Socket) -> List[Tuple[List[bytes], float]]:
@@ -149,113 +241,156 @@ class ZmqSource(Source):
                 burst.append((frames, time.monotonic()))
         except zmq.Again:
             pass
+        except zmq.ZMQError:
+            if not burst:
+                raise
+            # e.g. ETERM: hand over what was read; the next call raises it again
         return burst
 
     def handle_burst(self, burst: Sequence[Tuple[List[bytes], float]], sink: Sink) -> None:
         """Validate and deliver messages received back to back, in order.
 
-        Fixed-size two-frame inputs of the same model are converted and checked
-        for NaN/inf together (one numpy call per model per burst instead of per
-        message); anything unusual takes the general per-message path.
+        Fixed-size two-frame inputs of the same model whose header holds only ``model``,
+        ``seq`` and ``ts`` are converted and checked for NaN/inf together (one numpy call
+        per model per burst instead of per message); anything else takes the general
+        per-message path. Either way each message is its own failure domain.
         """
         fast: Dict[str, List[int]] = {}
         parsed: List[Optional[Tuple[Dict[str, Any], int]]] = [None] * len(burst)
+        specs = self.specs
+        max_bytes = self.max_msg_bytes
         for i, (frames, _) in enumerate(burst):
             if len(frames) != 2:
                 continue
             head, payload = frames
+            # bounded before parsing: one object, no arrays, short (a nesting bomb never reaches the scanner)
+            if len(head) > MAX_HEADER_BYTES or b"[" in head or head.count(b"{") != 1:
+                continue
             try:  # the decoder's scanner without json.loads' wrappers: ~4x faster on a small header
                 text = head.decode("utf-8")
                 header, end = _SCAN_JSON(text, 0)
-            except (StopIteration, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            except Exception:  # StopIteration, ValueError (UnicodeDecodeError, JSONDecodeError): general path
                 continue
             if end != len(text):  # trailing bytes/whitespace: let the general path judge it
                 continue
             if type(header) is not dict or not header.keys() <= _FAST_KEYS:
                 continue
             model = header.get("model")
-            spec = self.specs.get(model) if type(model) is str else None
+            spec = specs.get(model) if type(model) is str else None
             seq = header.get("seq")
-            if spec is None or (seq is not None and (type(seq) is not int or seq < 0)):
+            if spec is None or (seq is not None and (type(seq) is not int or seq < 0 or seq > MAX_SEQ)):
                 continue
             layout = _layout(spec)
             ts = header.get("ts")
-            if len(payload) != layout.nbytes or (ts is not None and type(ts) is not float) or \
-                    len(head) + len(payload) > self.max_msg_bytes:
+            if len(payload) != layout.nbytes or (ts is not None and (type(ts) is not float or ts - ts != 0.0)) or \
+                    len(head) + len(payload) > max_bytes:
                 continue
             parsed[i] = (header, -1 if seq is None else seq)
             fast.setdefault(str(model), []).append(i)
         rows: Dict[int, Tuple[np.ndarray, bool]] = {}
-        for model, idx in fast.items():
-            layout = _layout(self.specs[model])
-            block = np.frombuffer(b"".join([burst[i][0][1] for i in idx]), dtype=layout.wire)
-            block = (block.astype(layout.native) if layout.swap else block.copy()).reshape((len(idx),) + layout.shape)
-            finite = np.isfinite(block.reshape(len(idx), -1)).all(axis=1) if layout.is_float else None
-            for k, i in enumerate(idx):
-                rows[i] = (block[k], True if finite is None else bool(finite[k]))
+        try:
+            for model, idx in fast.items():
+                layout = _layout(specs[model])
+                block = np.frombuffer(b"".join([burst[i][0][1] for i in idx]), dtype=layout.wire)
+                block = (block.astype(layout.native) if layout.swap else block.copy()).reshape(
+                    (len(idx),) + layout.shape)
+                finite = np.isfinite(block.reshape(len(idx), -1)).all(axis=1) if layout.is_float else None
+                for k, i in enumerate(idx):
+                    rows[i] = (block[k], True if finite is None else bool(finite[k]))
+        except Exception:  # never expected; the general path then judges every message on its own
+            self.stats.count_error()
+            self._log_traceback("fast path failed for a burst; handling its messages one by one")
+            parsed = [None] * len(burst)
+        stats = self.stats
         for i, (frames, t_arrival) in enumerate(burst):
             item = parsed[i]
             if item is None:
                 self.handle_message(frames, sink, t_arrival)
                 continue
-            header, seq = item
-            arr, ok = rows[i]
-            model = header["model"]
-            if not ok:
-                self.stats.count_rejected("non_finite", f"model {model!r} input has NaN/inf value(s)")
-                continue
-            if seq < 0:
-                seq = self.next_local_seq(model)
-            else:
-                self.stats.track_seq(("", model), seq)
-            sample = Sample(model, seq, arr, self.name, t_arrival=t_arrival, sender_ts=header.get("ts"))
-            self.stats.accepted += 1
-            if not sink(sample):
-                self.stats.count_downstream_refusal()
+            try:
+                header, seq = item
+                arr, ok = rows[i]
+                model = header["model"]
+                if not ok:
+                    self.reject("non_finite", f"model {model!r} input has NaN/inf value(s)", header,
+                                t_arrival=t_arrival)
+                    continue
+                if seq < 0:
+                    seq = self.next_local_seq(model)
+                else:
+                    stats.track_seq(("", model), seq)
+                sample = Sample(model, seq, arr, self.name, t_arrival=t_arrival, sender_ts=header.get("ts"))
+                stats.accepted += 1
+                if not sink(sample):
+                    stats.count_downstream_refusal()
+            except Exception as exc:
+                self.reject_unexpected(exc, item[0], t_arrival=t_arrival)
 
     def handle_message(self, frames: List[bytes], sink: Sink, t_arrival: Optional[float] = None) -> bool:
-        """Validate one received message and deliver it; False if rejected or refused downstream."""
+        """Validate one received message and deliver it; False if rejected or refused downstream.
+
+        Never raises: a refusal is counted under its reason (and reported to ``on_rejected``
+        when the header named a catalogue model); anything unexpected is ``internal_error``.
+        """
         try:
-            sample = self.parse_message(frames)
-            if t_arrival is not None:
-                sample.t_arrival = t_arrival
+            sample = self.parse_message(frames, t_arrival)
         except FrameError as err:
-            self.stats.count_rejected(err.reason, err.detail)
+            if err.reason == "internal_error":
+                self.reject_unexpected(err.__cause__ or err, err.header, t_arrival=t_arrival)
+            else:
+                self.reject_error(err, t_arrival=t_arrival)
             return False
-        return self.deliver(sample, sink)
+        except Exception as exc:  # pragma: no cover - parse_message converts every exception
+            self.reject_unexpected(exc, t_arrival=t_arrival)
+            return False
+        try:
+            return self.deliver(sample, sink)
+        except Exception as exc:
+            self.stats.count_error()
+            self._log_traceback(f"sink failed for one sample ({type(exc).__name__})", exc)
+            return False
 
-    def parse_message(self, frames: List[bytes]) -> Sample:
-        """One message -> Sample, or :class:`FrameError` with the rejection reason."""
-        size = sum(len(f) for f in frames)
-        if size > self.max_msg_bytes:
-            raise FrameError("oversize", f"message of {size} bytes; limit {self.max_msg_bytes}")
-        if len(frames) == 2:
-            header = parse_header_json(frames[0])
-            seq = self._seq(header)
-            sample = sample_from_payload(self.specs, header, frames[1], self.name, -1 if seq is None else seq)
-        elif len(frames) == 1:
-            try:
-                msg: Any = json.loads(frames[0])
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FrameError("unparsable", f"one-frame message is not JSON: {exc}") from None
-            if not isinstance(msg, dict) or "data" not in msg:
-                raise FrameError("bad_header", "one-frame message must be a JSON object with 'model' and 'data'")
-            seq = self._seq(msg)
-            sample = sample_from_values(
-                self.specs, msg.get("model"), msg["data"], self.name, -1 if seq is None else seq, header=msg
-            )
-        else:
-            raise FrameError("bad_header", f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header+payload)")
-        if seq is None:  # numbered only once valid, so rejected inputs leave no holes
-            sample.seq = self.next_local_seq(sample.model)
-        return sample
+    def parse_message(self, frames: List[bytes], t_arrival: Optional[float] = None) -> Sample:
+        """One message -> Sample, or :class:`FrameError` with the rejection reason (and the header, if
+        it was parsed). Any other exception is converted to FrameError ``internal_error``.
 
-    def _seq(self, header: Mapping[str, Any]) -> Optional[int]:
-        """The sender's seq (tracked for gaps), or None when it sent none."""
-        model = header.get("model")
-        seq = header_seq(header)
-        if seq is None:
+        Order: frame count, message size (``oversize``), header / JSON (size, nesting, object),
+        then :func:`~edged.sources.validate.check_header` and the body checks.
+        """
+        header: Optional[Dict[str, Any]] = None
+        try:
+            if len(frames) not in (1, 2):
+                raise FrameError("bad_header",
+                                 f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header+payload)")
+            size = sum(len(f) for f in frames)
+            if size > self.max_msg_bytes:
+                raise FrameError("oversize", f"message of {size} bytes; limit {self.max_msg_bytes}",
+                                 header=self._header_for_attribution(frames))
+            if len(frames) == 2:
+                header = parse_header_json(frames[0])
+                info = check_header(self.specs, header)
+                arr = array_from_payload(info.spec, info.model, header, frames[1])
+            else:
+                msg: Any = parse_json(frames[0], "one-frame message", "unparsable")
+                if not isinstance(msg, dict) or "data" not in msg:
+                    raise FrameError("bad_header", "one-frame message must be a JSON object with 'model' and 'data'")
+                header = msg
+                info = check_header(self.specs, msg)
+                arr = array_from_message(info, msg, msg["data"])
+            return self.make_sample(info, arr, time.monotonic() if t_arrival is None else t_arrival)
+        except FrameError as err:
+            if err.header is None:
+                err.header = header
+            raise
+        except Exception as exc:
+            raise FrameError("internal_error", f"{type(exc).__name__}: {str(exc)[:200]}", header=header) from exc
+
+    @staticmethod
+    def _header_for_attribution(frames: List[bytes]) -> Optional[Dict[str, Any]]:
+        """The header of an oversize two-frame message, if it is itself small and parses (else None)."""
+        if len(frames) != 2 or len(frames[0]) > MAX_HEADER_BYTES:
             return None
-        if isinstance(model, str) and model in self.specs:
-            self.stats.track_seq((str(header.get("sender", "")), model), seq)
-        return seq
+        try:
+            return parse_header_json(frames[0])
+        except FrameError:
+            return None
