@@ -1098,7 +1098,12 @@ class Catalogue:
             raise UnknownModelError(f"unknown model {name!r}: the catalogue has {known}") from None
 
     def input_specs(self) -> Dict[str, TensorSpec]:
+        """name -> spec of the primary input (what a v1 message or a bare array feeds)."""
         return {n: e.input for n, e in self._entries.items()}
+
+    def entries(self) -> Dict[str, ModelEntry]:
+        """name -> ModelEntry (every input and output of each model's contract), for sources and sinks."""
+        return dict(self._entries)
 
     # ------------------------------------------------------------------ servability
 

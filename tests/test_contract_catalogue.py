@@ -52,6 +52,7 @@ def test_unservable_models_are_reported_and_others_serve(mixed, monkeypatch):
     assert "takes float32 [None, 16] but the manifest says float32 [None, 17]" in bad["liar"]
     assert "none of its artifacts (litert) can run here" in bad["norun"]
     assert cat.servable_names() == ["mlp2", "vad"]
+    assert cat.entries()["vad"].stateful and cat.input_specs()["vad"].name == "x"
     # the others still load and run
     x, _ = cat.get("mlp2").load_validation()
     with cat.load("mlp2") as m:
