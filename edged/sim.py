@@ -14,6 +14,7 @@ Library use (tests, ``make run``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import random
@@ -24,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -136,7 +137,14 @@ class Target:
 
 
 class TargetStopped(Exception):
-    """The stop event was set while waiting to write."""
+    """The stop event was set while waiting to write.
+
+    ``blocked``: the wait was for the receiver (a full socket or pty), not for the pace.
+    """
+
+    def __init__(self, blocked: bool = True) -> None:
+        super().__init__("stopped while waiting to write" + (" (receiver not reading)" if blocked else ""))
+        self.blocked = blocked
 
 
 class StreamTarget(Target):
@@ -178,7 +186,7 @@ class StreamTarget(Target):
             self._pace_t += len(data) / self.pace_bytes_per_s
             delay = self._pace_t - time.monotonic()
             if delay > 0 and self.stop is not None and self.stop.wait(delay):
-                raise TargetStopped()
+                raise TargetStopped(blocked=False)
             elif delay > 0 and self.stop is None:
                 time.sleep(delay)
         self._write(data)
@@ -369,6 +377,9 @@ class SimStats:
     bytes_sent: int = 0
     elapsed_s: float = 0.0
     stopped_early: bool = False
+    #: stopped while the receiver was not taking more (backpressure): what the transport still held
+    #: may not have been delivered (ZeroMQ keeps trying for its LINGER, 2 s, then drops it)
+    blocked_at_stop: bool = False
 
     @property
     def total(self) -> int:
@@ -377,12 +388,16 @@ class SimStats:
     def summary(self) -> str:
         rate = self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
         per_model = ", ".join(f"{m}={n}" for m, n in self.sent.items()) or "none"
-        return (f"edged sim: sent {self.total} inputs ({per_model}), {self.corrupt} corrupt injected, "
+        text = (f"edged sim: sent {self.total} inputs ({per_model}), {self.corrupt} corrupt injected, "
                 f"{self.bytes_sent} bytes in {self.elapsed_s:.2f} s ({rate:.1f} inputs/s)")
+        if self.blocked_at_stop:
+            text += "; stopped while the receiver was not reading: the last ones may not have been delivered"
+        return text
 
     def to_dict(self) -> Dict[str, Any]:
         return {"sent": dict(self.sent), "total": self.total, "corrupt": self.corrupt,
-                "bytes_sent": self.bytes_sent, "elapsed_s": round(self.elapsed_s, 4)}
+                "bytes_sent": self.bytes_sent, "elapsed_s": round(self.elapsed_s, 4),
+                "blocked_at_stop": self.blocked_at_stop}
 
 
 def simulate(
@@ -447,8 +462,8 @@ def simulate(
                     delay += rng.uniform(-jitter_ms, jitter_ms) / 1000.0
                 if delay > 0 and stop.wait(delay):
                     break
-    except TargetStopped:
-        pass
+    except TargetStopped as exc:
+        stats.blocked_at_stop = exc.blocked
     stats.elapsed_s = time.monotonic() - t0
     stats.stopped_early = stop.is_set() and (count <= 0 or i < count)
     return stats
@@ -493,10 +508,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--rate, --count and --jitter must be >= 0 and --burst >= 1")
     inputs = load_sim_inputs(args.model or ["all"], args.data)
     stop = threading.Event()
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
+    # before the target opens: ZeroMQ's I/O threads inherit the blocked signal mask
+    with stop_on_signals(stop):
         target = open_target(serial=args.serial, pty=args.pty, zmq=args.zmq, bind=args.bind,
                              framing=args.framing, baudrate=args.baud, pace=args.pace)
         with target:
@@ -511,11 +524,70 @@ def main(args: argparse.Namespace) -> int:
             if args.pty and not stop.is_set():
                 # keep the master open until the reader drained the pty, or we are told to stop
                 _wait_drained(target, stop)
+        print(stats.summary(), flush=True)
+    return 0
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Set ``stop`` when one of ``signals`` arrives, from a watcher thread, never inside a signal handler.
+
+    ``threading.Event.set()`` inside a Python signal handler can deadlock: the handler runs in the
+    main thread between two bytecodes, and when the main thread is inside ``stop.wait()`` holding the
+    event's condition lock (its bookkeeping before and after the actual wait), ``set()`` waits for
+    that same non-reentrant lock forever. The simulator calls ``stop.wait()`` hundreds of times a
+    second to pace its rate, so a SIGTERM hung it now and then (often under qemu, where every
+    bytecode is slow). Here the Python-level handler does nothing; the C-level handler writes the
+    signal number to a pipe (``signal.set_wakeup_fd``, async-signal-safe, in whichever thread the
+    kernel picked, numpy's BLAS threads included) and a watcher thread reading that pipe sets ``stop``.
+    Outside the main thread (where handlers cannot be installed) the caller's handlers stay.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = {int(sig) for sig in signals}
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    closing = threading.Event()
+
+    def watch() -> None:
+        while not closing.is_set():
+            ready, _, _ = select.select([r], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(r, 512)
+            except BlockingIOError:
+                continue
+            if wanted.intersection(data):
+                stop.set()
+
+    watcher = threading.Thread(target=watch, name="edged-sim-signals", daemon=True)
+    watcher.start()
+    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, _signal_noted) for sig in wanted}
+    try:
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(stats.summary(), flush=True)
-    return 0
+        signal.set_wakeup_fd(previous_fd)
+        closing.set()
+        try:
+            os.write(w, b"\0")  # wake the watcher now rather than at its next 1 s select timeout
+        except OSError:
+            pass
+        watcher.join(2.0)
+        os.close(r)
+        os.close(w)
+
+
+def _signal_noted(signum: int, frame: object) -> None:
+    """The Python-level handler of :func:`stop_on_signals`: the wakeup pipe already carries the signal."""
 
 
 def _wait_drained(target: Target, stop: threading.Event, timeout_s: float = 10.0) -> None:

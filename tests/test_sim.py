@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edged.errors import ConfigError, InputError
+from edged.errors import EXIT_CONFIG, ConfigError, InputError
 from edged.sim import load_sim_inputs, open_pty_target, simulate
 from edged.sources.queue import IngestQueue
 from edged.sources.replay import ReplaySource
@@ -61,7 +62,7 @@ def test_sim_zmq_subprocess_stops_cleanly_on_sigterm_with_summary() -> None:
     stop = threading.Event()
     src.start(queue.sink(), stop)
     assert src.ready.wait(5)
-    proc = _sim("--zmq", src.bound_endpoint or "", "--model", "all", "--rate", "500", "--count", "0",
+    proc = _sim("--zmq", src.bound_endpoint or "", "--model", "mlp", "--model", "cnn", "--rate", "500", "--count", "0",
                 "--progress", "0.1", "--corrupt", "0.1", "--seed", "3")
     try:
         assert wait_until(lambda: queue.qsize() >= 250, 20)
@@ -114,7 +115,7 @@ def test_sim_argument_errors() -> None:
         load_sim_inputs(["mlp"], data_path="/nonexistent.npz", specs=SPECS)
     proc = _sim("--model", "mlp", "--count", "1")  # no target chosen
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "choose exactly one of" in err
+    assert proc.returncode == EXIT_CONFIG and "choose exactly one of" in err
 
 
 @pytest.mark.timeout(20)
@@ -153,3 +154,70 @@ def test_sim_help_lists_targets() -> None:
     out = subprocess.run([sys.executable, "-m", "edged", "sim", "--help"], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ}, timeout=30)
     assert out.returncode == 0 and "--pty" in out.stdout and "--corrupt" in out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_sim_stops_promptly_on_sigterm_under_backpressure_with_summary() -> None:
+    """A PUSH to a PULL that nobody reads: once ZeroMQ's queues are full every send waits; SIGTERM
+    must still stop the simulator, which prints its summary and exits 0."""
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 10)
+    pull.setsockopt(zmq.LINGER, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    proc = _sim("--zmq", f"tcp://127.0.0.1:{port}", "--model", "cnn", "--rate", "5000", "--count", "0",
+                "--progress", "0.2")
+    lines: list = []
+    try:
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        # a blocked sender prints no progress: wait until the count stops growing for a whole second
+        last, still_since = -1, 0.0
+        while True:
+            counts = [int(ln.split("edged sim: ")[1].split(" ")[0]) for ln in list(lines) if "inputs/s" in ln]
+            assert proc.poll() is None, f"edged sim exited early: {lines}"
+            now = time.monotonic()
+            if counts and counts[-1] == last:
+                if now - still_since > 1.0:
+                    break
+            else:
+                last, still_since = (counts[-1] if counts else -1), now
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)  # a hang fails here (pytest-timeout is the backstop)
+        reader.join(5)
+        err = "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pull.close()
+        ctx.term()
+    assert proc.returncode == 0, err
+    summary = out.strip().splitlines()[-1]
+    sent = int(summary.split("sent ")[1].split(" ")[0])
+    assert sent >= last > 0, summary  # the inputs handed to ZeroMQ before the queues filled
+    assert f"(cnn={sent})" in summary
+    assert "stopped while the receiver was not reading" in summary
+
+
+def test_stop_on_signals_never_deadlocks_a_main_thread_inside_event_wait() -> None:
+    """Event.set() in a Python signal handler deadlocks when the signal lands while the main thread
+    holds the event's lock inside stop.wait(); stop_on_signals sets it from a watcher thread."""
+    code = """
+import os, signal, threading, time
+from edged.sim import stop_on_signals
+stop = threading.Event()
+with stop_on_signals(stop):
+    for i in range(300):
+        stop.clear()
+        threading.Timer(0.0005 * (i % 7), os.kill, (os.getpid(), signal.SIGTERM)).start()
+        while not stop.is_set():
+            stop.wait(0)  # the event's lock is held for most of each call
+print("rounds done", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "rounds done"
