@@ -9,7 +9,7 @@ import json
 import os
 import threading
 import time
-from typing import List
+from typing import Any, List
 
 import numpy as np
 import pytest
@@ -106,7 +106,7 @@ def test_stop_unbinds_then_drains_everything_that_reached_the_socket() -> None:
     endpoint = src.bound_endpoint or ""
     release = threading.Event()
     got: List[int] = []
-    refused = []
+    refused: List[Any] = []
 
     def sink(sample) -> bool:  # type: ignore[no-untyped-def]
         release.wait(30)

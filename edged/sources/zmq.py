@@ -138,7 +138,7 @@ class ZmqSource(Source):
         except zmq.ZMQError as exc:
             self.stats.count_error()
             raise SourceError(f"zmq source {self.name!r}: cannot {'bind' if self.bind else 'connect'} "
-                              f"{self.endpoint}: {zmq.strerror(exc.errno)} ({errno_name(exc.errno)})") from None
+                              f"{self.endpoint}: {zmq.strerror(exc.errno or 0)} ({errno_name(exc.errno)})") from None
         self._sock = sock
         self.ready.set()
         log.info("source %s: PULL %s %s", self.name, "bound to" if self.bind else "connected to", self.bound_endpoint)
