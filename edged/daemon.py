@@ -78,7 +78,8 @@ class DecisionEvents:
 def _writer(path: Path, cfg: Config) -> Any:
     from edged.logs import JsonlWriter
 
-    return JsonlWriter(path, max_bytes=cfg.logs.max_bytes, backups=cfg.logs.backups)
+    return JsonlWriter(path, max_bytes=cfg.logs.max_bytes, backups=cfg.logs.backups,
+                       spool_records=cfg.logs.spool_records)
 
 
 class Daemon:
@@ -102,6 +103,7 @@ class Daemon:
         self.power_log: Any = None
         self.started_mono = time.monotonic()
         self.ready_after_s: Optional[float] = None
+        self.log_dir: Optional[Path] = None
         self.profile_rows: List[Dict[str, Any]] = []
         self._hup = threading.Event()
         self.events = DecisionEvents()
@@ -116,7 +118,20 @@ class Daemon:
         from edged.models import Catalogue
 
         cat = Catalogue.discover(self.cfg.models.dirs)
-        enabled = list(self.cfg.models.enabled) or cat.names()
+        backends = {n: self.cfg.models.backends.get(n, self.cfg.models.backend) for n in cat.names()}
+        if self.cfg.models.enabled:  # enabled by name: each must be servable, or start-up fails with why
+            enabled = list(self.cfg.models.enabled)
+            cat.require(enabled, backends)
+        else:  # every servable model; one that cannot be served is skipped with one clear line
+            enabled = []
+            for name in cat.names():
+                reason = cat.check(name, backends[name])
+                if reason is None:
+                    enabled.append(name)
+                else:
+                    log.error("model %s skipped: %s", name, reason)
+            for dirname, reason in cat.errors.items():
+                log.error("model in %s skipped: %s", dirname, reason)
         if not enabled:
             raise ConfigError(f"{self.cfg.path}: no models to serve (catalogue is empty)")
         for name in enabled:
@@ -141,7 +156,8 @@ class Daemon:
                 self._status(f"profiling {name}/{backend} ({i}/{len(missing)}): no stored WCET for this device")
                 self.notifier.extend_timeout(120)  # a slow board must not hit TimeoutStartSec= while profiling
                 rows.append(profile_one(cat, name, backend, threads, repeats=self.cfg.daemon.profile_repeats,
-                                        progress=self.notifier.status, gap_ms=self.cfg.daemon.profile_gap_ms))
+                                        progress=self.notifier.status, gap_ms=self.cfg.daemon.profile_gap_ms,
+                                        stop=self.stop_event))
             prof = store_results(rows, sd)
             self.profile_rows = rows
             log.info("profile stored in %s", prof.path)
@@ -213,13 +229,15 @@ class Daemon:
         return out
 
     def start(self) -> None:
+        from edged.logs import ensure_writable_dir
         from edged.offload.dispatcher import Dispatcher
         from edged.offload.fog_client import CircuitBreaker
         from edged.sources.queue import IngestQueue
 
         cfg = self.cfg
         log_dir = cfg.resolved_log_dir()
-        log_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(log_dir)  # an unwritable logs dir fails here, before READY, never after
+        self.log_dir = log_dir
         self._status("starting: loading models")
         cat = self._load_models()
         timing = self._profile(cat)
@@ -244,6 +262,11 @@ class Daemon:
         self._router_thread.start()
         specs = {n: m.entry.input for n, m in self.models.items()}
         self.sources = self._build_sources(specs)
+        for src in self.sources:
+            src.on_rejected = self.dispatcher.record_rejection
+            # binds and opens now: a bind failure raises (exit non-zero, no READY), and a serial port is
+            # opened (and flushed by pyserial) before READY, so nothing sent after READY is lost
+            src.open()
         for src in self.sources:
             self._source_threads.append(src.start(self._sink, self._sources_stop))
         self.ready_after_s = time.monotonic() - self.started_mono
@@ -298,12 +321,50 @@ class Daemon:
         if self.sampler is not None:
             w = self.sampler.latest_total_w()
             power = f"; {w:.2f} W" if w is not None else ""
-        return (f"{sum(c.values())} decided (local {c.get('local', 0)}, offload {c.get('offload', 0)}, "
+        waiting = "".join(f"; {st}" for st in (src.state() for src in self.sources) if st)
+        return (f"{self.decided()} decided (local {c.get('local', 0)}, offload {c.get('offload', 0)}, "
                 f"fallback {c.get('fallback', 0)}, rejected {c.get('rejected', 0)}); bad input {rejected}; "
-                f"queue {qs}; fog {fog}{power}")
+                f"queue {qs}; fog {fog}{power}{waiting}{self._storage_note()}")
+
+    def _storage_note(self) -> str:
+        """'' while the decision log is healthy; else what is spooled and lost, for STATUS= and the stop line."""
+        if self.decisions is None:
+            return ""
+        st = self.decisions.stats()
+        lost = int(st.get("lost", 0)) + (self.dispatcher.sink_failures if self.dispatcher else 0)
+        if not st.get("degraded") and not lost:
+            return ""
+        state = "DEGRADED" if st.get("degraded") else "recovered"
+        return (f"; decision log {state}: {st.get('spooled', 0)} spooled in memory, {lost} lost"
+                f"{' (' + str(st.get('last_error')) + ')' if st.get('last_error') else ''}")
+
+    def records_lost(self) -> int:
+        """Records that could not be kept: dropped from a full spool, or refused by the writer."""
+        lost = int(self.decisions.stats().get("lost", 0)) if self.decisions is not None else 0
+        return lost + (self.dispatcher.sink_failures if self.dispatcher else 0)
+
+    def write_stats_file(self) -> None:
+        """``<logs>/stats.json``: the sources' counters (unattributable garbage lives only there) for
+        ``edged tail`` and ``edged report``. Best effort: the log disk may be the thing that is failing."""
+        if self.log_dir is None:
+            return
+        from edged.logs import write_stats_file
+
+        obj = {"ts": time.time(), "sources": {src.name: src.stats.snapshot() for src in self.sources},
+               "dispatcher": self.dispatcher.stats() if self.dispatcher else {},
+               "logs": {name: w.stats() for name, w in (("decisions", self.decisions), ("power", self.power_log))
+                        if w is not None}}
+        try:
+            write_stats_file(self.log_dir, obj)
+        except Exception as exc:  # noqa: BLE001 - never let the stats file stop the daemon
+            log.debug("stats.json not written: %s", exc)
 
     def decided(self) -> int:
-        return int(sum(self.dispatcher.stats().get("decisions", {}).values())) if self.dispatcher else 0
+        """Accepted inputs that have their record (records of ingest rejections are not counted)."""
+        if self.dispatcher is None:
+            return 0
+        s = self.dispatcher.stats()
+        return int(sum(s.get("decisions", {}).values())) - int(s.get("ingest_rejected", 0))
 
     def tick(self) -> None:
         """One main-loop iteration's housekeeping (status, SIGHUP reopen, max_inputs)."""
@@ -313,6 +374,9 @@ class Daemon:
                 if w is not None:
                     w.reopen()
             log.info("SIGHUP: log files reopened")
+        for w in (self.decisions, self.power_log):
+            if w is not None:
+                w.retry()  # a degraded writer tries its disk again (with backoff); no-op when healthy
         if self.cfg.daemon.max_inputs and self.decided() >= self.cfg.daemon.max_inputs:
             log.info("max_inputs = %d reached; stopping", self.cfg.daemon.max_inputs)
             self.stop_event.set()
@@ -339,6 +403,7 @@ class Daemon:
                 next_ping = now + wd
             if now >= next_status:
                 self.notifier.status(self.status_line())
+                self.write_stats_file()
                 next_status = now + status_every
             self.stop_event.wait(step)
 
@@ -366,15 +431,20 @@ class Daemon:
             self.sampler.close()
         for m in self.models.values():
             m.close()
-        final = self.status_line()
         for w in (self.decisions, self.power_log):
-            if w is not None:
-                w.close()
+            if w is not None:  # a last try (up to 2 s) to write what is spooled; the rest is counted as lost
+                w.close(timeout_s=min(2.0, max(0.0, deadline - time.monotonic())))
+        final = self.status_line()
+        self.write_stats_file()
         accepted = sum(int(src.stats.snapshot()["accepted"]) for src in self.sources)
-        log.info("stopped: accepted %d, decided %d: %s", accepted, self.decided(), final)
+        lost = self.records_lost()
+        ingest = self.dispatcher.ingest_rejected if self.dispatcher else 0
+        log.log(logging.ERROR if lost else logging.INFO,
+                "stopped: accepted %d, decided %d, records lost %d, rejected at ingest %d: %s",
+                accepted, self.decided(), lost, ingest, final)
         for src in self.sources:
             log.info("source %s: %s", src.name, src.stats.snapshot())
-        return ok
+        return ok and lost == 0
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum: int, _frame: Any) -> None:
@@ -407,6 +477,11 @@ def _configure_logging(cfg: Config) -> None:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from edged.errors import Interrupted
+
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit must give EFBIG (spooled, counted), not kill us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
     cfg = load_config(args.config)
     if args.log_dir is not None:
         cfg = dataclasses.replace(cfg, logs=dataclasses.replace(cfg.logs, dir=str(args.log_dir)))
@@ -421,6 +496,11 @@ def main(args: argparse.Namespace) -> int:
     d.install_signal_handlers()
     try:
         d.start()
+    except Interrupted:  # SIGTERM/SIGINT during start-up (e.g. profiling): a clean stop
+        log.info("stopped during start-up")
+        d.stop_event.set()
+        d.shutdown()
+        return 0
     except EdgedError:
         d.stop_event.set()
         d.shutdown()

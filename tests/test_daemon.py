@@ -171,11 +171,19 @@ def parse_all(lines: List[str]) -> List[dict]:
     return recs
 
 
-def accepted_decided(log_text: str) -> tuple:
+def stop_counts(log_text: str) -> Dict[str, int]:
+    """The numbers of the daemon's final 'stopped: accepted N, decided N, records lost N, ...' line."""
+    import re
+
     line = next(ln for ln in log_text.splitlines() if "stopped: accepted" in ln)
-    parts = line.split("stopped: accepted ", 1)[1]
-    acc, rest = parts.split(", decided ", 1)
-    return int(acc), int(rest.split(":", 1)[0])
+    head = line.split("stopped: ", 1)[1].split(":", 1)[0]
+    return {k.strip().replace(" ", "_"): int(v) for v, k in
+            ((m.group(2), m.group(1)) for m in re.finditer(r"([a-z ]+?) (\d+)", head))}
+
+
+def accepted_decided(log_text: str) -> tuple:
+    c = stop_counts(log_text)
+    return c["accepted"], c["decided"]
 
 
 def test_notify_ready_watchdog_status_stopping_and_sigterm_loses_nothing(tmp_path):
@@ -185,7 +193,7 @@ def test_notify_ready_watchdog_status_stopping_and_sigterm_loses_nothing(tmp_pat
     proc = start_daemon(cfg, {"NOTIFY_SOCKET": ns.address, "WATCHDOG_USEC": "400000"})
     try:
         ready = ns.wait_for("READY=1")
-        assert "models cnn, mlp" in ready
+        assert "models cnn, cnn_int8, mlp" in ready
         sender = Sender(port).start()
         ns.wait_for("STATUS=")
         time.sleep(1.5)  # mid-stream
@@ -401,7 +409,7 @@ def test_fog_node_notifies_systemd(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "edged", "fog", "--bind", f"tcp://127.0.0.1:{free_port()}",
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     try:
-        assert "serving 2 models" in ns.wait_for("READY=1", timeout=60)
+        assert "serving 3 models" in ns.wait_for("READY=1", timeout=60)
         time.sleep(0.8)
         pings = ns.times("WATCHDOG=1")
         assert len(pings) >= 3 and max(b - a for a, b in zip(pings, pings[1:])) < 0.3
