@@ -11,7 +11,7 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from edged.sources.framing import build_cobs_frame, cobs_decode, parse_body
+from edged.sources.framing import build_cobs_frame, cobs_decode, parse_body, parse_line
 from tests.helpers_ingest import protocol_examples
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -60,3 +60,43 @@ def test_c_encoder_sketch_compiles_and_matches_python(tmp_path: Path) -> None:
     expected = [({"model": "demo", "seq": 7}, x)] + [({"model": "raw"}, big[:n]) for n in range(250, 263)]
     expected.append(({"model": "raw"}, big))
     assert [parse_body(cobs_decode(seg)) for seg in frames] == expected
+
+
+_ARDUINO_MAIN = r"""
+#include <cstdio>
+#include <cstring>
+#include <cstdint>
+struct StandInSerial {
+    void print(const char *s) { std::fputs(s, stdout); }
+    void print(char c) { std::putchar(c); }
+} Serial;
+int main() {
+    static const uint32_t bits[30] = {BITS};
+    float x[30];
+    std::memcpy(x, bits, sizeof x);
+SKETCH
+    return 0;
+}
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine")
+def test_arduino_lines_sketch_prints_values_edged_reads_back_bit_for_bit(tmp_path: Path) -> None:
+    """The doc's Arduino `lines` loop, compiled against a stand-in Serial: 9 significant digits
+    round-trip float32 exactly, including tiny, huge, subnormal and negative-zero values."""
+    x = np.random.default_rng(9).standard_normal(30).astype(np.float32)
+    x[:8] = np.array([1.2345678e-7, 3.4028235e38, -1.1754944e-38, 1e-45, -0.0, 1 / 3, 16777217.0, 4294967296.0],
+                     dtype=np.float32)
+    bits = ", ".join(f"0x{b:08x}u" for b in x.view(np.uint32))
+    code = _ARDUINO_MAIN.replace("BITS", bits).replace("SKETCH", _doc_examples()["arduino-lines"])
+    src = tmp_path / "lines.cpp"
+    src.write_text(code)
+    exe = tmp_path / "lines"
+    subprocess.run(["c++", "-Wall", "-Werror", "-O1", "-o", str(exe), str(src)], check=True, timeout=60)
+    out = subprocess.run([str(exe)], capture_output=True, check=True, timeout=30).stdout
+    assert out.endswith(b"\n") and out.count(b"\n") == 1
+    model, values = parse_line(out.rstrip(b"\n"))
+    assert model == "mlp"
+    got = np.asarray(values, dtype=np.float32)
+    assert np.array_equal(got.view(np.uint32), x.view(np.uint32)), "every float32 read back bit for bit"
