@@ -14,23 +14,22 @@ Library use (tests, ``make run``)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import random
 import select
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edged.errors import ConfigError, InputError, UnknownModelError
 from edged.runtime.base import TensorSpec
+from edged.signals import stop_on_signals
 from edged.sources.framing import build_cobs_frame, format_line
 
 FRAMINGS = ("lines", "cobs")
@@ -508,7 +507,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--rate, --count and --jitter must be >= 0 and --burst >= 1")
     inputs = load_sim_inputs(args.model or ["all"], args.data)
     stop = threading.Event()
-    # before the target opens: ZeroMQ's I/O threads inherit the blocked signal mask
+    # SIGINT/SIGTERM set stop from a watcher thread: Event.set() in a signal handler can deadlock
+    # against the pacing loop's stop.wait() (see edged.signals)
     with stop_on_signals(stop):
         target = open_target(serial=args.serial, pty=args.pty, zmq=args.zmq, bind=args.bind,
                              framing=args.framing, baudrate=args.baud, pace=args.pace)
@@ -526,68 +526,6 @@ def main(args: argparse.Namespace) -> int:
                 _wait_drained(target, stop)
         print(stats.summary(), flush=True)
     return 0
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Set ``stop`` when one of ``signals`` arrives, from a watcher thread, never inside a signal handler.
-
-    ``threading.Event.set()`` inside a Python signal handler can deadlock: the handler runs in the
-    main thread between two bytecodes, and when the main thread is inside ``stop.wait()`` holding the
-    event's condition lock (its bookkeeping before and after the actual wait), ``set()`` waits for
-    that same non-reentrant lock forever. The simulator calls ``stop.wait()`` hundreds of times a
-    second to pace its rate, so a SIGTERM hung it now and then (often under qemu, where every
-    bytecode is slow). Here the Python-level handler does nothing; the C-level handler writes the
-    signal number to a pipe (``signal.set_wakeup_fd``, async-signal-safe, in whichever thread the
-    kernel picked, numpy's BLAS threads included) and a watcher thread reading that pipe sets ``stop``.
-    Outside the main thread (where handlers cannot be installed) the caller's handlers stay.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = {int(sig) for sig in signals}
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    closing = threading.Event()
-
-    def watch() -> None:
-        while not closing.is_set():
-            ready, _, _ = select.select([r], [], [], 1.0)
-            if not ready:
-                continue
-            try:
-                data = os.read(r, 512)
-            except BlockingIOError:
-                continue
-            if wanted.intersection(data):
-                stop.set()
-
-    watcher = threading.Thread(target=watch, name="edged-sim-signals", daemon=True)
-    watcher.start()
-    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    previous = {sig: signal.signal(sig, _signal_noted) for sig in wanted}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        signal.set_wakeup_fd(previous_fd)
-        closing.set()
-        try:
-            os.write(w, b"\0")  # wake the watcher now rather than at its next 1 s select timeout
-        except OSError:
-            pass
-        watcher.join(2.0)
-        os.close(r)
-        os.close(w)
-
-
-def _signal_noted(signum: int, frame: object) -> None:
-    """The Python-level handler of :func:`stop_on_signals`: the wakeup pipe already carries the signal."""
 
 
 def _wait_drained(target: Target, stop: threading.Event, timeout_s: float = 10.0) -> None:
