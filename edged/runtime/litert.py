@@ -200,8 +200,12 @@ class LiteRTBackend(Backend):
         """Other spellings of input/output names (tensor name, undecorated name) -> the spec name."""
         return dict(self._aliases)
 
+    def _lookup(self, name: str) -> Optional[_Tensor]:
+        t = self._by_name.get(name)
+        return t if t is not None else self._by_name.get(self._aliases.get(name, ""))
+
     def quantization(self, name: str) -> Optional[Quantization]:
-        t = self._by_name.get(self._aliases.get(name, name))
+        t = self._lookup(name)
         return t.quant if t is not None else None
 
     def _prepare(self, t: _Tensor, x: np.ndarray) -> np.ndarray:
@@ -258,7 +262,7 @@ class LiteRTBackend(Backend):
         self._loaded()
         pairs: List[Tuple[_Tensor, np.ndarray]] = []
         for name, x in feeds.items():
-            t = self._by_name.get(self._aliases.get(name, name))
+            t = self._lookup(name)
             if t is None or t not in self._ins:
                 raise BackendError(
                     f"litert: no input named {name!r}: the model takes {', '.join(s.spec.name for s in self._ins)}"
