@@ -5,6 +5,7 @@ Every test decides by counting records (one per input, decision, result), never 
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -18,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import numpy as np
 import pytest
+import zmq
 
 from edged.models import Catalogue
 from edged.offload.dispatcher import Dispatcher
@@ -320,3 +322,31 @@ def test_curve_unknown_key_gets_nothing_and_falls_back(tmp_path: Path, edge_mode
         assert [r["decision"] for r in good.records] == ["offload"] * 5
     finally:
         assert fog.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_poison_requests_cost_the_fog_node_nothing(fog: FogProcess) -> None:
+    """Hostile frames (a nesting bomb, a huge header, bad UTF-8, wrong frame counts) get an error reply or
+    nothing; the node goes on answering pings, as it did not when a nesting bomb killed its I/O thread."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(fog.endpoint)
+    try:
+        poisons = [[b"[" * 100_000, b""], [b"{" * 70_000, b""], [b"\xff\xfe", b""], [b"x" * 200_000, b""],
+                   [b'{"kind": "infer", "model": "mlp", "shape": [1e999]}', b""], [b"{}"], [b"{}", b"", b""]]
+        for frames in poisons:
+            sock.send_multipart(frames)
+        for i in range(3):
+            sock.send_multipart([json.dumps({"kind": "ping", "id": f"p{i}"}).encode(), b""])
+        pongs = 0
+        deadline = time.monotonic() + 20
+        while pongs < 3 and time.monotonic() < deadline:
+            if sock.poll(500):
+                hdr = json.loads(sock.recv_multipart()[0])
+                pongs += hdr.get("kind") == "ping" and hdr.get("status") == "ok"
+        assert pongs == 3, "the fog node stopped answering after poison requests"
+        assert fog.proc.poll() is None
+    finally:
+        sock.close(0)
+        ctx.term()

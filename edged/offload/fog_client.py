@@ -186,10 +186,11 @@ def check_fog_endpoint(endpoint: str, resolve_timeout_s: float = 2.0) -> None:
     """Refuse a fog endpoint that cannot work, before any socket exists.
 
     Raises :class:`~edged.errors.ConfigError` unless ``endpoint`` is ``tcp://HOST:PORT``,
-    ``ipc://PATH`` or ``inproc://NAME``, and :class:`~edged.errors.EdgedError` when the host name
-    does not exist (the resolver says so within ``resolve_timeout_s`` s; 0 skips the lookup).
-    A lookup that fails for a reason that may pass (no answer, ``EAI_AGAIN``) only logs a
-    warning: libzmq resolves again on every reconnect, and inputs run locally meanwhile."""
+    ``ipc://PATH`` or ``inproc://NAME``. A host name that does not resolve now is logged as an
+    error but does not stop the edge: at boot a ``fog.local`` (mDNS) or a DNS name often resolves
+    only once the network is up, libzmq resolves again on every reconnect, and inputs run locally
+    meanwhile. Refusing to start would lose every sensor input until then (and systemd's start
+    limit would give up after a few tries). ``resolve_timeout_s`` = 0 skips the lookup."""
     ep, why = parse_zmq_endpoint(endpoint, bind=False)
     if ep is None:
         raise ConfigError(f"fog endpoint {endpoint!r}: expected {why}")
@@ -218,9 +219,9 @@ def check_fog_endpoint(endpoint: str, resolve_timeout_s: float = 2.0) -> None:
     exc = outcome.get("exc")
     gone = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
     if isinstance(exc, socket.gaierror) and exc.errno in gone:
-        raise EdgedError(f"fog endpoint {endpoint!r}: host {host!r} does not resolve ({exc.strerror}); "
-                         "expected the fog node's host name or address (fog.endpoint)")
-    if not outcome.get("ok"):
+        log.error("fog endpoint %s: host %r does not resolve (%s); check fog.endpoint. Offloading starts "
+                  "when it resolves; inputs run locally meanwhile", endpoint, host, exc.strerror)
+    elif not outcome.get("ok"):
         log.warning("fog endpoint %s: cannot resolve %r now (%s); offloading starts when it resolves, "
                     "inputs run locally meanwhile", endpoint, host, exc or f"no answer within {resolve_timeout_s:g}s")
 
@@ -239,7 +240,6 @@ class ZmqFogBackend(FogBackend):
 
     Raises:
         ConfigError: ``endpoint`` is not a ZeroMQ endpoint a DEALER can connect to, or libzmq refuses it.
-        EdgedError: the endpoint's host name does not exist (see :func:`check_fog_endpoint`).
     """
 
     name = "zmq"

@@ -15,6 +15,7 @@ queue full") at once instead of queueing forever; messages above
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import queue
 import signal
@@ -242,7 +243,13 @@ class FogServer:
                 frames = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._handle_request(frames)
+            try:
+                self._handle_request(frames)
+            except Exception as exc:  # one message's failure is its own: the node keeps serving
+                self.counts["bad_requests"] = self.counts.get("bad_requests", 0) + 1
+                log.warning("fog: request dropped: %s: %s", type(exc).__name__, str(exc)[:200])
+                with contextlib.suppress(Exception):
+                    self._reply(frames[0], {}, "error", f"request refused: {type(exc).__name__}")
 
     def _handle_request(self, frames: List[bytes]) -> None:
         ident = frames[0]

@@ -37,14 +37,14 @@ def encode_header(header: Dict[str, Any]) -> bytes:
 
 
 def decode_header(frame: bytes) -> Dict[str, Any]:
-    """Parse a header frame; raises :class:`ProtocolError` if it is not a JSON object."""
+    """Parse a header frame; raises :class:`ProtocolError` (and nothing else) if it is not a JSON object
+    within the sources' bounds (size and nesting are checked before parsing: no RecursionError)."""
+    from edged.sources.framing import FrameError, parse_header_json
+
     try:
-        header = json.loads(frame.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header must be a JSON object")
-    return header
+        return parse_header_json(frame)
+    except FrameError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def array_to_frames(header: Dict[str, Any], array: np.ndarray) -> List[bytes]:
