@@ -238,13 +238,13 @@ class Daemon:
         log_dir = cfg.resolved_log_dir()
         ensure_writable_dir(log_dir)  # an unwritable logs dir fails here, before READY, never after
         self.log_dir = log_dir
+        self.fog = self._fog()  # a fog endpoint that cannot work fails now, not after minutes of profiling
         self._status("starting: loading models")
         cat = self._load_models()
         timing = self._profile(cat)
         self.decisions = _writer(log_dir / "decisions.jsonl", cfg)
         self.power_log = _writer(log_dir / "power.jsonl", cfg)
         self.sampler, tracker, power_model = self._power()
-        self.fog = self._fog()
         policies = {"*": cfg.policy.default, **dict(cfg.policy.models)}
         breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
                                  probe_interval_s=cfg.fog.probe_interval_s)
