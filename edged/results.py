@@ -13,7 +13,9 @@ one entry per output, chosen by the output's manifest ``kind``:
 :class:`StateStore` keeps the recurrent state of stateful models (a VAD's
 hidden state, say) per (sender, model): the ``state`` output of one call is fed
 back as its ``state_input`` on that sender's next call. It is bounded (LRU) and
-thread-safe.
+thread-safe. A stateful model must see each sender's inputs in order (one at
+a time per sender, whether it runs locally or offloaded); :meth:`StateStore.stack`
+and :meth:`StateStore.update_rows` serve a micro-batch of distinct senders.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -231,6 +233,22 @@ class StateStore:
             while len(self._state) > self.max_entries:
                 self._state.popitem(last=False)
                 self.evictions += 1
+
+    def stack(self, senders: Sequence[str], entry: ModelEntry) -> Dict[str, np.ndarray]:
+        """The state inputs of a micro-batch: row i is ``senders[i]``'s state (batch axis 0).
+
+        A sender may appear once per batch only: its second input needs the first one's new state.
+        """
+        if len(set(senders)) != len(senders):
+            raise ValueError("StateStore.stack: a sender appears twice in one batch; run its inputs in order")
+        rows = [self.get(s, entry) for s in senders]
+        return {i.name: np.concatenate([r[i.name] for r in rows], axis=0) for i in entry.state_inputs}
+
+    def update_rows(self, senders: Sequence[str], entry: ModelEntry, outputs: Mapping[str, np.ndarray]) -> None:
+        """Keep row i of a micro-batch's state outputs as ``senders[i]``'s next state."""
+        for k, s in enumerate(senders):
+            self.update(s, entry, {o.name: outputs[o.name][k : k + 1] for o in entry.state_outputs
+                                   if o.name in outputs})
 
     def reset(self, sender: Optional[str] = None, model: Optional[str] = None) -> int:
         """Forget the state of one sender and/or model (all if both None); returns how many were dropped."""

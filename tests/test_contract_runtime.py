@@ -297,3 +297,25 @@ def test_litert_backend_direct_names_and_errors(tmp_path):
         b.infer_named({"z": np.ones((1, 4), np.float32)})
     with pytest.raises(BackendError, match=r"input\(s\) h not fed"):
         b.infer_named({"x": np.ones((1, 4), np.float32)})
+
+
+def test_state_of_a_micro_batch_of_senders(cat):
+    """Three senders in one batch: each row's state is that sender's; equals running them one by one."""
+    entry = cat.get("vad")
+    rng = np.random.default_rng(5)
+    senders = ["a", "b", "c"]
+    xs = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    sr = np.array([16000], np.int64)
+    batched, single = StateStore(), StateStore()
+    with cat.load("vad") as m:
+        for step in range(2):
+            out = m.run({"x": xs[step], "sr": sr, **batched.stack(senders, entry)})
+            batched.update_rows(senders, entry, out)
+            for k, s in enumerate(senders):
+                one = m.run(single.feeds(s, entry, {"x": xs[step, k], "sr": sr}))
+                single.update(s, entry, one)
+                np.testing.assert_allclose(out["y"][k : k + 1], one["y"], atol=1e-6)
+    for s in senders:
+        np.testing.assert_allclose(batched.get(s, entry)["h"], single.get(s, entry)["h"], atol=1e-6)
+    with pytest.raises(ValueError, match="appears twice"):
+        batched.stack(["a", "a"], entry)
