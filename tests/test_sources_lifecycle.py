@@ -116,7 +116,7 @@ def test_stop_unbinds_then_drains_everything_that_reached_the_socket() -> None:
     src.on_rejected = refused.append
     stop = threading.Event()
     t = src.start(sink, stop)
-    n_total = 20_000
+    n_total = 100_000  # ~17 MB: more than loopback TCP buffers can hold, so the sender keeps some
     sent = [0]
     sender_done = threading.Event()
 
@@ -132,8 +132,13 @@ def test_stop_unbinds_then_drains_everything_that_reached_the_socket() -> None:
         # after the source stopped: a new receiver on the same endpoint gets what the sender kept
         late = ctx.socket(zmq.PULL)
         late.setsockopt(zmq.LINGER, 0)
-        late.bind(endpoint)
-        while late.poll(1000):
+        for _ in range(100):  # libzmq releases the old listener in its I/O thread, a moment after close
+            try:
+                late.bind(endpoint)
+                break
+            except zmq.ZMQError:
+                time.sleep(0.05)
+        while late.poll(3000):
             later.append(json.loads(late.recv_multipart()[0])["seq"])
         late.close(0)
         push.close(0)
