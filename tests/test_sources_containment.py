@@ -359,3 +359,30 @@ def test_rejection_carries_what_the_header_said() -> None:
     assert (r.source, r.model, r.sender, r.seq, r.sender_ts, r.t_arrival) == ("zmq-a", "mlp", "ecg", 9, 12.5, 123.0)
     assert r.reason == "bad_meta" and r.meta == {"room": "b1"} and "300 bytes" in r.detail
     assert math.isfinite(r.ts_arrival) and r.ts_arrival > 1e9
+
+
+def test_an_exception_nobody_expected_is_internal_error_for_that_message_only() -> None:
+    """A catalogue entry edged cannot even lay out (a dtype numpy does not know) makes the validator raise
+    TypeError: on both paths that costs exactly the messages for that model, counted as internal_error."""
+    from edged.runtime.base import TensorSpec
+
+    specs = dict(SPECS, broken=TensorSpec("input", (None, 3), "no_such_dtype", "NC"))
+    src = ZmqSource(specs)
+    rej: List[Rejection] = []
+    src.on_rejected = rej.append
+    got = Collector()
+    broken = [b'{"model":"broken","seq":0}', b"\x00" * 12]
+    src.handle_burst(_burst([_valid(0), broken, _valid(1), broken, _valid(2)]), got)
+    src.handle_message([b'{"model":"broken","data":[1,2,3]}'], got)
+    assert [s.seq for s in got.samples] == [0, 1, 2]
+    snap = src.stats.snapshot()
+    assert snap["rejected"] == {"internal_error": 3} and snap["errors"] >= 3
+    assert [r.model for r in rej] == ["broken"] * 3 and "TypeError" in rej[0].detail
+
+
+def test_an_oversize_message_with_a_small_header_is_attributed() -> None:
+    src = ZmqSource(SPECS, max_msg_bytes=1000)
+    rej: List[Rejection] = []
+    src.on_rejected = rej.append
+    src.handle_message([b'{"model":"mlp","seq":3,"sender":"cam"}', b"\x00" * 2000], Collector())
+    assert [(r.reason, r.model, r.seq, r.sender) for r in rej] == [("oversize", "mlp", 3, "cam")]

@@ -262,33 +262,39 @@ class ZmqSource(Source):
         parsed: List[Optional[Tuple[Dict[str, Any], int]]] = [None] * len(burst)
         specs = self.specs
         max_bytes = self.max_msg_bytes
-        for i, (frames, _) in enumerate(burst):
-            if len(frames) != 2:
-                continue
-            head, payload = frames
-            if len(head) > _FAST_HEADER_BYTES:  # bounded before parsing: <= 128 nesting levels can reach the scanner
-                continue
-            try:  # the decoder's scanner without json.loads' wrappers: ~4x faster on a small header
-                text = head.decode("utf-8")
-                header, end = _SCAN_JSON(text, 0)
-            except Exception:  # StopIteration, ValueError (UnicodeDecodeError, JSONDecodeError): general path
-                continue
-            if end != len(text):  # trailing bytes/whitespace: let the general path judge it
-                continue
-            if type(header) is not dict or not header.keys() <= _FAST_KEYS:
-                continue
-            model = header.get("model")
-            spec = specs.get(model) if type(model) is str else None
-            seq = header.get("seq")
-            if spec is None or (seq is not None and (type(seq) is not int or seq < 0 or seq > MAX_SEQ)):
-                continue
-            layout = _layout(spec)
-            ts = header.get("ts")
-            if len(payload) != layout.nbytes or (ts is not None and (type(ts) is not float or ts - ts != 0.0)) or \
-                    len(head) + len(payload) > max_bytes:
-                continue
-            parsed[i] = (header, -1 if seq is None else seq)
-            fast.setdefault(str(model), []).append(i)
+        try:  # never expected to raise; if it does, every message of the burst takes the general path
+            for i, (frames, _) in enumerate(burst):
+                if len(frames) != 2:
+                    continue
+                head, payload = frames
+                if len(head) > _FAST_HEADER_BYTES:  # bounded before parsing: <= 128 nesting levels reach the scanner
+                    continue
+                try:  # the decoder's scanner without json.loads' wrappers: ~4x faster on a small header
+                    text = head.decode("utf-8")
+                    header, end = _SCAN_JSON(text, 0)
+                except Exception:  # StopIteration, ValueError (UnicodeDecodeError, JSONDecodeError): general path
+                    continue
+                if end != len(text):  # trailing bytes/whitespace: let the general path judge it
+                    continue
+                if type(header) is not dict or not header.keys() <= _FAST_KEYS:
+                    continue
+                model = header.get("model")
+                spec = specs.get(model) if type(model) is str else None
+                seq = header.get("seq")
+                if spec is None or (seq is not None and (type(seq) is not int or seq < 0 or seq > MAX_SEQ)):
+                    continue
+                layout = _layout(spec)
+                ts = header.get("ts")
+                if len(payload) != layout.nbytes or (ts is not None and (type(ts) is not float or ts - ts != 0.0)) or \
+                        len(head) + len(payload) > max_bytes:
+                    continue
+                parsed[i] = (header, -1 if seq is None else seq)
+                fast.setdefault(str(model), []).append(i)
+        except Exception:
+            self.stats.count_error()
+            self._log_traceback("fast path pre-scan failed for a burst; handling its messages one by one")
+            fast = {}
+            parsed = [None] * len(burst)
         rows: Dict[int, Tuple[np.ndarray, bool]] = {}
         try:
             for model, idx in fast.items():
