@@ -119,19 +119,11 @@ class Daemon:
 
         cat = Catalogue.discover(self.cfg.models.dirs)
         backends = {n: self.cfg.models.backends.get(n, self.cfg.models.backend) for n in cat.names()}
-        if self.cfg.models.enabled:  # enabled by name: each must be servable, or start-up fails with why
-            enabled = list(self.cfg.models.enabled)
-            cat.require(enabled, backends)
-        else:  # every servable model; one that cannot be served is skipped with one clear line
-            enabled = []
-            for name in cat.names():
-                reason = cat.check(name, backends[name])
-                if reason is None:
-                    enabled.append(name)
-                else:
-                    log.error("model %s skipped: %s", name, reason)
-            for dirname, reason in cat.errors.items():
-                log.error("model in %s skipped: %s", dirname, reason)
+        # models enabled by name must be servable (else start-up fails with why); with none named, a
+        # model that cannot be served here is skipped with one clear line and the others are served
+        enabled, skipped = cat.select(self.cfg.models.enabled, backends)
+        for name, reason in skipped.items():
+            log.error("model %s skipped: %s", name, reason)
         if not enabled:
             raise ConfigError(f"{self.cfg.path}: no models to serve (catalogue is empty)")
         for name in enabled:

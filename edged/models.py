@@ -1136,6 +1136,32 @@ class Catalogue:
     def servable_names(self) -> List[str]:
         return [n for n in self.names() if self.check(n) is None]
 
+    def select(self, enabled: Sequence[str] = (),
+               backends: Union[str, Mapping[str, str]] = "auto") -> Tuple[List[str], Dict[str, str]]:
+        """The models a command serves, and those it skips with why (``run``, ``fog`` and ``profile``).
+
+        Models ``enabled`` by name must all be servable, or this raises with the reason (see
+        :meth:`require`). With none named, every servable model is chosen and each one that cannot
+        be served is returned in the second dict (name -> reason) for the caller's one error line
+        each (an unparsable manifest was already logged, once, by :meth:`discover`). ``backends`` is
+        one backend for every model or a per-model mapping (missing names mean ``auto``).
+        """
+        def backend(name: str) -> str:
+            return backends if isinstance(backends, str) else backends.get(name, "auto")
+
+        if enabled:
+            self.require(enabled, {n: backend(n) for n in enabled})
+            return list(enabled), {}
+        chosen: List[str] = []
+        skipped: Dict[str, str] = {}
+        for name in self.names():
+            reason = self.check(name, backend(name))
+            if reason is None:
+                chosen.append(name)
+            else:
+                skipped[name] = reason
+        return chosen, skipped
+
     def require(self, names: Iterable[str], backends: Optional[Mapping[str, str]] = None) -> None:
         """Raise for the first model in ``names`` that is unknown or cannot be served (with the reason).
 

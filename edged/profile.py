@@ -443,9 +443,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise EdgedError(f"--threads takes integers, e.g. 1,2,4 ({exc})") from exc
     cat = Catalogue.discover(args.models_dir)
-    models = split_csv(args.model) or cat.names()
-    for m in models:
-        cat.get(m)  # unknown model -> clear error before any work
+    only_backend = split_csv(args.backend)
+    models, skipped = cat.select(split_csv(args.model), only_backend[0] if len(only_backend) == 1 else "auto")
+    for name, reason in skipped.items():  # named models that cannot be profiled raised above, with why
+        print(f"edged profile: skipping {name}: {reason}", file=sys.stderr)
     t0 = time.monotonic()
 
     def progress(msg: str) -> None:

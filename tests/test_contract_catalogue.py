@@ -126,3 +126,61 @@ def test_edged_models_cli_reads_enabled_models_from_config(mixed, tmp_path):
     cfg.write_text(f'[models]\ndirs = ["{mixed}"]\nenabled = ["mlp", "vad"]\n')
     proc = run_edged(["models", "--config", str(cfg)])
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def with_bad(tmp_path):
+    """A models dir holding only unservable models: an unparsable manifest and a tampered artifact."""
+    root = tmp_path / "extra"
+    (root / "broken").mkdir(parents=True)
+    (root / "broken" / "manifest.json").write_text("{nope")
+    d = g.write_model(root, "tampered", g.TWO_OUTPUT_MANIFEST, {"onnx": ("model.onnx", g.onnx_two_outputs())})
+    (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes() + b"\0")
+    return root
+
+
+def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+    from .test_daemon import free_port, write_config
+
+    prof = run_edged(["profile", "--models-dir", str(with_bad), "--repeats", "1", "--warmup", "1",
+                      "--max-inputs", "20", "--no-store", "--json"])
+    assert prof.returncode == 0, prof.stderr
+    assert {r["model"] for r in json.loads(prof.stdout)["results"]} == {"cnn", "cnn_int8", "mlp"}
+    assert "skipping tampered" in prof.stderr and prof.stderr.count("broken/manifest.json") == 1
+
+    fog = subprocess.Popen([sys.executable, "-m", "edged", "fog", "--bind", "tcp://127.0.0.1:0", "--workers", "1",
+                            "--models-dir", str(with_bad)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=str(REPO))
+    try:
+        assert fog.stdout is not None
+        assert "serving 3 models" in fog.stdout.readline()
+    finally:
+        fog.terminate()
+        _, err = fog.communicate(timeout=30)
+    assert "model tampered skipped" in err and "sha256" in err
+
+    cfg = write_config(tmp_path, free_port(), extra="")
+    text = cfg.read_text().replace("[power]", f'[models]\ndirs = ["{with_bad}"]\n[power]')
+    cfg.write_text(text.replace("[daemon]", "[daemon]\nmax_inputs = 1\nprofile_on_start = false"))
+    p = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
+    try:
+        out = ""
+        assert p.stdout is not None
+        for line in p.stdout:
+            out += line
+            if "ready in" in line:
+                break
+        assert "models cnn, cnn_int8, mlp;" in out and "model tampered skipped" in out, out
+    finally:
+        p.terminate()
+        p.communicate(timeout=30)
+
+    cfg.write_text(text.replace("[power]", '[models]\nenabled = ["mlp", "tampered"]\n[power]', 1)
+                   .replace(f'[models]\ndirs = ["{with_bad}"]\n[models]\n', f'[models]\ndirs = ["{with_bad}"]\n'))
+    named = run_edged(["run", "--config", str(cfg)])
+    assert named.returncode != 0 and "tampered" in named.stderr and "cannot be served" in named.stderr, named.stderr

@@ -111,7 +111,9 @@ class FogServer:
         from edged.models import Catalogue
 
         cat = Catalogue.discover(extra_dirs=[Path(d) for d in self.models_dirs] or None)
-        names = self.only_models or cat.names()
+        names, skipped = cat.select(self.only_models or (), self.backend)
+        for name, reason in skipped.items():
+            log.error("fog: model %s skipped: %s", name, reason)
         if not names:
             raise ConfigError("fog: the model catalogue is empty; nothing to serve")
         self._hashes = {name: cat.get(name).model_hash for name in names}
