@@ -125,7 +125,9 @@ def test_offload_success_failure_and_close_leftovers(cnn: Any) -> None:
     by_seq = {r["seq"]: r for r in records}
     assert sorted(by_seq) == [0, 1, 2, 3, 4, 5] and len(records) == 6
     assert [by_seq[i]["decision"] for i in range(5)] == ["offload"] * 3 + ["fallback"] * 2
-    assert by_seq[0]["result"] == {"label": 4, "score": 1.0} and by_seq[0]["transfer_us"] == 2500.0
+    res = by_seq[0]["result"]
+    assert (res["label"], res["name"], res["score"]) == (4, "4", 1.0) and res["top"][0] == [4, 1.0]
+    assert by_seq[0]["transfer_us"] == 2500.0
     assert by_seq[0]["energy_mj"] == 1.5 and by_seq[3]["energy_mj"] == 1.5
     assert "scripted failure" in by_seq[3]["fog_error"] and by_seq[3]["result"] is not None
     assert "closed before the input finished" in by_seq[5]["error"]

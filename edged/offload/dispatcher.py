@@ -38,6 +38,7 @@ from edged.errors import ConfigError
 from edged.offload.estimator import LinkEstimator, LocalEstimator
 from edged.offload.fog_client import CircuitBreaker, FogBackend, FogError, FogFailure, FogRefused, FogReply
 from edged.offload.policy import Decision, DecisionInputs, check_policy, decide
+from edged.results import StateStore, primary_summary, summarize, summarize_output, summarize_tensor
 
 log = logging.getLogger("edged.dispatch")
 
@@ -46,6 +47,8 @@ HEADER_OVERHEAD_BYTES = 200
 #: assumed reply size (bytes) for a model until a reply has been seen
 DEFAULT_REPLY_BYTES = 300
 DECISIONS = ("local", "offload", "fallback", "rejected")
+#: one input's raw outputs: output name -> array (batch axis removed)
+Outputs = Dict[str, np.ndarray]
 
 
 def _r(x: Optional[float], nd: int = 1) -> Optional[float]:
@@ -96,6 +99,10 @@ class Dispatcher:
         probe_pad_bytes: padding of the bandwidth probe (bytes, each direction).
         max_batch: most queued inputs of one model a local worker runs as one batch (1 = no batching).
         sink_many: optional ``sink`` for a list of records (one write for a batch), e.g. ``JsonlWriter.write_many``.
+        on_results: optional ``(records, outputs)`` callback, called after the records are written, with each
+            record's raw model outputs (output name -> array, batch axis removed; ``None`` for an input without
+            a result): what result sinks publish. Must not block.
+        state: per-(sender, model) recurrent state for stateful models (a fresh :class:`StateStore` if None).
     """
 
     def __init__(self, models: Mapping[str, Any], policies: Mapping[str, str], sink: Callable[[Dict[str, Any]], None],
@@ -108,7 +115,9 @@ class Dispatcher:
                  local: Optional[LocalEstimator] = None, local_exec_us: Optional[Mapping[str, float]] = None,
                  model_hashes: Optional[Mapping[str, str]] = None, probe_interval_s: float = 0.5,
                  probe_pad_bytes: int = 4096, max_batch: int = 32,
-                 sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> None:
+                 sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
+                 on_results: Optional[Callable[[List[Dict[str, Any]], Sequence[Optional[Outputs]]], None]] = None,
+                 state: Optional[StateStore] = None) -> None:
         if objective not in ("latency", "energy"):
             raise ConfigError(f"objective {objective!r}: expected latency or energy")
         if local_workers < 1 or max_local_queue < 1:
@@ -143,6 +152,14 @@ class Dispatcher:
                 h = getattr(m, "model_hash", None) or getattr(getattr(m, "entry", None), "model_hash", None)
             self.hashes[name] = h
         self._model_locks = {name: threading.Lock() for name in self.models}
+        self.on_results = on_results
+        self.state = state or StateStore()
+        #: name -> the model's manifest entry, when it has one (LoadedModel.entry); test doubles may not
+        self._entries: Dict[str, Any] = {n: getattr(m, "entry", None) for n, m in self.models.items()}
+        #: models served by predict(): one data input, one (non-state) output, no state. The others run
+        #: through run() with every input and output; they stay local until the fog protocol carries them all.
+        self._simple = {n: e is None or (len(e.inputs) == 1 and len(e.outputs) == 1 and not e.stateful)
+                        for n, e in self._entries.items()}
         self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
         self._reply_bytes: Dict[str, int] = {}
         self._cv = threading.Condition()
@@ -228,8 +245,12 @@ class Dispatcher:
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
             job.decision = Decision("local", f"decision failed: {exc}")
-        if job.decision.reason == "fog down" and sample.model in self._refused and self.breaker.is_up():
-            job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
+        if job.decision.reason == "fog down" and self.fog is not None and self.breaker.is_up():
+            if sample.model in self._refused:
+                job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
+            elif not self._simple.get(sample.model, True):
+                job.decision = dataclasses.replace(
+                    job.decision, reason="runs locally: the fog protocol does not carry several tensors or state yet")
         return job
 
     def record_rejected(self, sample: Any, reason: str, detail: Optional[str] = None) -> None:
@@ -311,7 +332,8 @@ class Dispatcher:
 
     def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None) -> DecisionInputs:
         model = sample.model
-        fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
+        fog_up = (self.fog is not None and self.breaker.is_up() and model not in self._refused
+                  and self._simple.get(model, True))
         t_l_in = t_l_out = t_f = None
         fog_queue: Optional[float] = None
         if self.fog is not None:
@@ -388,13 +410,14 @@ class Dispatcher:
         t_done = self.clock()
         energy = self._energy(job.t_sent, t_done)
         try:
-            result = _result(reply.outputs)
+            outputs = self._one_output(model, np.asarray(reply.outputs))
+            result, summary = self._summarize(model, outputs)
         except Exception as exc:
             self._emit(job, "offload", error=f"fog output unusable: {exc}", exec_us=reply.t_f_us)
             return
         self._emit(job, "offload", t_done=t_done, exec_us=reply.t_f_us,
                    transfer_us=max(0.0, reply.rtt_us - reply.t_f_us - reply.queue_us), result=result,
-                   energy_mj=energy)
+                   energy_mj=energy, outputs=outputs, summary=summary)
 
     def _on_fog_failure(self, job: _Job, exc: BaseException) -> None:
         model = job.sample.model
@@ -462,6 +485,8 @@ class Dispatcher:
         first = self._queue.popleft()
         batch = [first]
         model = first.sample.model
+        if not self._simple.get(model, True):  # several tensors or state: one input at a time, in order
+            return batch
         while self._queue and len(batch) < self.max_batch and self._queue[0].sample.model == model:
             batch.append(self._queue.popleft())
         return batch
@@ -472,11 +497,12 @@ class Dispatcher:
         with self._cv:
             if job.recorded:
                 return
+        model = sample.model
         token = self._begin("local")
         t0 = self.clock()
         try:
-            with self._model_locks[sample.model]:
-                out = self.models[sample.model].predict(sample.array, validate=False)  # sources validated it
+            with self._model_locks[model]:  # also keeps a stateful model's inputs in queue order
+                outputs = self._infer_one(model, sample)
         except Exception as exc:
             self._end(token)
             self._emit(job, where, error=f"local inference failed: {type(exc).__name__}: {exc}")
@@ -484,8 +510,14 @@ class Dispatcher:
         t1 = self.clock()
         self._end(token)
         exec_us = (t1 - t0) * 1e6
-        self.local.observe(sample.model, exec_us)
-        self._emit(job, where, t_done=t1, exec_us=exec_us, result=_result(out), energy_mj=self._energy(t0, t1))
+        self.local.observe(model, exec_us)
+        try:
+            result, summary = self._summarize(model, outputs)
+        except Exception as exc:
+            self._emit(job, where, t_done=t1, exec_us=exec_us, error=f"output unusable: {type(exc).__name__}: {exc}")
+            return
+        self._emit(job, where, t_done=t1, exec_us=exec_us, result=result, energy_mj=self._energy(t0, t1),
+                   outputs=outputs, summary=summary)
 
     def _run_local_batch(self, jobs: List[_Job]) -> None:
         """One batched inference for several queued inputs of one model; each still gets its own record.
@@ -504,6 +536,8 @@ class Dispatcher:
             stacked = np.stack([j.sample.array for j in jobs])
             with self._model_locks[model]:
                 out = self.models[model].predict(stacked, validate=False)  # sources validated each input
+            rows = [self._one_output(model, row) for row in out]
+            results = [self._summarize(model, r) for r in rows]
         except Exception as exc:
             self._end(token)
             for j in jobs:
@@ -517,18 +551,15 @@ class Dispatcher:
         self.local.observe(model, share_us)
         energy = self._energy(t0, t1)
         share_mj = None if energy is None else energy / n
-        flat = np.asarray(out).reshape(n, -1)
-        labels = flat.argmax(axis=1)
-        scores = flat[np.arange(n), labels]
-        recs, done = [], []
-        for j, k, sc in zip(jobs, labels.tolist(), scores.tolist()):
+        recs, done, outs = [], [], []
+        for j, outputs, (result, summary) in zip(jobs, rows, results):
             rec = self._record(j, "fallback" if j.fog_error else "local", t_done=t1, exec_us=share_us,
-                               result={"label": int(k), "score": round(float(sc), 6)}, energy_mj=share_mj,
-                               batch=n)
+                               result=result, energy_mj=share_mj, batch=n, summary=summary)
             if rec is not None:
                 recs.append(rec)
                 done.append(j)
-        self._write(recs, done)
+                outs.append(outputs)
+        self._write(recs, done, outs)
 
     # ---- probes ----------------------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -581,7 +612,8 @@ class Dispatcher:
     def _record(self, job: _Job, decision: str, reason: Optional[str] = None, t_done: Optional[float] = None,
               exec_us: Optional[float] = None, transfer_us: Optional[float] = None,
               result: Optional[Dict[str, Any]] = None, error: Optional[str] = None,
-              energy_mj: Optional[float] = None, batch: int = 1) -> Optional[Dict[str, Any]]:
+              energy_mj: Optional[float] = None, batch: int = 1,
+              summary: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         with self._cv:  # claimed here; it leaves _outstanding only once written (see _write)
             if job.recorded:
                 return None
@@ -611,23 +643,31 @@ class Dispatcher:
         meta = getattr(sample, "meta", None)
         if meta:
             rec["meta"] = meta
+        if summary is not None:  # every output's summary, for models whose result is more than one classifier
+            rec["outputs"] = summary
         if i.objective == "energy":
             rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
                        expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
                        expected_offload_mj=_r(d.expected_offload_mj, 4) if d else None)
         return rec
 
-    def _emit(self, job: _Job, decision: str, **kw: Any) -> None:
+    def _emit(self, job: _Job, decision: str, outputs: Optional[Outputs] = None, **kw: Any) -> None:
         """Finish one input: its record (once, whatever races) goes to the sink."""
         rec = self._record(job, decision, **kw)
         if rec is not None:
-            self._write([rec], [job])
+            self._write([rec], [job], [outputs])
 
-    def _write(self, recs: List[Dict[str, Any]], jobs: List[_Job]) -> None:
-        """Hand records to the sink, then retire their jobs, so close() never returns before a line
-        it waits for is written."""
+    def _write(self, recs: List[Dict[str, Any]], jobs: List[_Job],
+               outputs: Optional[Sequence[Optional[Outputs]]] = None) -> None:
+        """Hand records to the sink (then their outputs to ``on_results``), then retire their jobs, so
+        close() never returns before a line it waits for is written."""
         try:
             self._write_records(recs)
+            if self.on_results is not None and recs:
+                try:
+                    self.on_results(recs, outputs if outputs is not None else [None] * len(recs))
+                except Exception:  # result sinks never cost a record
+                    log.exception("result sinks failed")
         finally:
             with self._cv:
                 for job in jobs:
@@ -650,6 +690,42 @@ class Dispatcher:
             except Exception:  # a failing sink must not kill the thread that finished the input
                 self.sink_failures += len(recs)  # not written: the daemon reports them as lost
                 log.exception("decision sink failed: %d record(s) lost", len(recs))
+
+    # ---- results ---------------------------------------------------------------------------------
+    def _infer_one(self, model: str, sample: Any) -> Outputs:
+        """Run one input locally; every output by name, batch axis removed. Stateful models get the
+        sender's state fed in and keep the new state (under the model lock, so in queue order)."""
+        m = self.models[model]
+        if self._simple.get(model, True):
+            return self._one_output(model, m.predict(sample.array, validate=False))  # sources validated it
+        entry = self._entries[model]
+        feeds = getattr(sample, "feeds", None) or {entry.primary_input.spec.name: sample.array}
+        sender = getattr(sample, "sender", None) or getattr(sample, "source", "") or ""
+        if entry.stateful:
+            feeds = self.state.feeds(sender, entry, feeds)
+        outs = m.run(feeds, validate=False)
+        if entry.stateful:
+            self.state.update(sender, entry, outs)
+        return {k: v[0] if v.ndim and v.shape[0] == 1 else v for k, v in outs.items()}
+
+    def _one_output(self, model: str, out: np.ndarray) -> Outputs:
+        """The single output of a simple model (one input's row), keyed by its manifest name."""
+        entry = self._entries.get(model)
+        return {entry.outputs[0].name if entry is not None else "output": out}
+
+    def _summarize(self, model: str, outputs: Outputs) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+        """(``result``, ``outputs`` summary) of one input. ``result`` is the first classifier's summary (label,
+        name, score, top) — never an argmax over a non-classifier; the per-output summary is returned only
+        when the model's result is more than one classifier output."""
+        entry = self._entries.get(model)
+        if entry is None:
+            return None, {k: _summary_fallback(v) for k, v in outputs.items()}
+        if self._simple.get(model, True):
+            o = entry.outputs[0]
+            s = summarize_output(next(iter(outputs.values())), o)
+            return (s, None) if o.is_classifier else (None, {o.name: s})
+        summary = summarize(entry, outputs)
+        return primary_summary(entry, summary), summary
 
     # ---- helpers -------------------------------------------------------------------------------
     def _begin(self, kind: str) -> Any:
@@ -679,11 +755,9 @@ class Dispatcher:
             return None
 
 
-def _result(outputs: np.ndarray) -> Dict[str, Any]:
-    """``{"label": argmax, "score": max}`` of a probability vector."""
-    flat = np.asarray(outputs).reshape(-1)
-    k = int(np.argmax(flat))
-    return {"label": k, "score": round(float(flat[k]), 6)}
+def _summary_fallback(out: np.ndarray) -> Dict[str, Any]:
+    """Summary of an output of a model without a manifest entry (test doubles): a tensor summary."""
+    return summarize_tensor(np.asarray(out))
 
 
 __all__: List[str] = ["Dispatcher", "DECISIONS", "HEADER_OVERHEAD_BYTES"]

@@ -1,0 +1,101 @@
+"""Model contract v2 through the dispatcher: every output reaches the record (as a task-aware summary) and
+the result sinks (raw), and a stateful model's state round-trips per sender on the local path."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pytest
+
+from edged.models import Catalogue
+from edged.offload.dispatcher import Dispatcher
+from edged.sources.sample import Sample
+
+from . import modelgen as g
+from .test_contract_runtime import direct_ort
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "models"
+    g.write_model(r, "vad", g.STATEFUL_MANIFEST, {"onnx": ("model.onnx", g.onnx_stateful())})
+    g.write_model(r, "two", g.TWO_OUTPUT_MANIFEST, {"onnx": ("model.onnx", g.onnx_two_outputs())})
+    return r
+
+
+def _sample(model: str, seq: int, x: np.ndarray, sender: str, feeds: Optional[Dict[str, Any]] = None) -> Sample:
+    s = Sample(model=model, seq=seq, array=x, source="test")
+    s.sender = sender  # type: ignore[attr-defined]
+    if feeds is not None:
+        s.feeds = feeds  # type: ignore[attr-defined]
+    return s
+
+
+def test_every_output_reaches_records_and_sinks_and_state_round_trips(root):
+    cat = Catalogue.discover([root], include_shipped=False)
+    models = {n: cat.load(n, "onnx") for n in ("vad", "two")}
+    records: List[dict] = []
+    published: List[tuple] = []
+    d = Dispatcher(models, {"*": "local"}, records.append,
+                   on_results=lambda recs, outs: published.extend(zip(recs, outs)))
+    rng = np.random.default_rng(7)
+    sr = np.array([16000], np.int64)
+    chunks = {s: rng.standard_normal((4, 16)).astype(np.float32) for s in ("mcu-a", "mcu-b")}
+    xs = rng.standard_normal((5, 6)).astype(np.float32)
+    seq = 0
+    for k in range(4):  # two senders interleaved, with a two-output model's inputs between them
+        for s in ("mcu-a", "mcu-b"):
+            d.submit(_sample("vad", seq, chunks[s][k], s, {"x": chunks[s][k], "sr": sr}))
+            seq += 1
+        d.submit(_sample("two", seq, xs[k], "cam"))
+        seq += 1
+    assert d.close(10)
+    assert len(records) == len(published) == seq
+    assert all(r["decision"] == "local" and r["error"] is None for r in records), [r["error"] for r in records]
+
+    # the two-output model: the classifier is the result, both outputs are summarised, raw outputs published
+    two = [(r, o) for r, o in published if r["model"] == "two"]
+    ref = direct_ort(root / "two" / "model.onnx", {"x": xs[:4]})
+    for i, (rec, outs) in enumerate(two):
+        p = ref["probs"][i]
+        assert rec["result"]["label"] == int(p.argmax()) and rec["result"]["name"] == ["cat", "dog", "owl"][p.argmax()]
+        assert set(rec["outputs"]) == {"probs", "emb"} and rec["outputs"]["emb"]["shape"] == [2, 2]
+        np.testing.assert_array_equal(outs["probs"], ref["probs"][i])
+        np.testing.assert_array_equal(outs["emb"], ref["emb"][i])
+
+    # the stateful model: no argmax over its regression output, and each sender's state chain is its own
+    path = root / "vad" / "model.onnx"
+    for s, x in chunks.items():
+        got = [(r, o) for r, o in published if r["model"] == "vad" and r["sender"] == s]
+        h = np.zeros((1, 8), np.float32)
+        for k, (rec, outs) in enumerate(got):
+            ref = direct_ort(path, {"x": x[k : k + 1], "h": h, "sr": sr})
+            np.testing.assert_array_equal(outs["y"], ref["y"][0])
+            np.testing.assert_array_equal(outs["h_out"], ref["h_out"][0])
+            assert rec["result"] is None and set(rec["outputs"]) == {"y"}
+            assert rec["outputs"]["y"]["values"][0] == pytest.approx(float(ref["y"][0, 0]), rel=1e-5)
+            h = ref["h_out"]
+    for m in models.values():
+        m.close()
+
+
+def test_models_the_fog_protocol_cannot_carry_yet_stay_local_and_say_why(root):
+    """Until the fog protocol carries several tensors and state, such models run locally under any policy,
+    and the record says why (fog_up is false in its inputs, so it replays)."""
+    from edged.offload.policy import decide, inputs_from_record
+
+    from .test_offload_dispatch import ScriptedFog
+
+    cat = Catalogue.discover([root], include_shipped=False)
+    models = {"two": cat.load("two", "onnx")}
+    records: List[dict] = []
+    fog = ScriptedFog()
+    d = Dispatcher(models, {"*": "offload"}, records.append, fog=fog, model_hashes={"two": "x"})
+    assert d.breaker.is_up()
+    d.submit(_sample("two", 0, np.zeros(6, np.float32), "cam"))
+    assert d.close(5)
+    (rec,) = records
+    assert rec["decision"] == "local" and "does not carry several tensors" in rec["reason"]
+    assert decide(rec["policy"], inputs_from_record(rec)).decision == "local"
+    models["two"].close()
