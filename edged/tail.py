@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -481,11 +482,68 @@ def resolve_log(which: str, directory: Optional[str]) -> Tuple[Path, str]:
     """(path, kind) for the positional ``decisions``/``power``/FILE/DIR and ``--dir``."""
     base = Path(directory).expanduser() if directory else default_log_dir()
     if which in ("decisions", "power"):
+        _require_access(base)
         return base / f"{which}.jsonl", which
     p = Path(which).expanduser()
     if p.is_dir():
+        _require_access(p)
         return p / "decisions.jsonl", "decisions"
+    _require_access(p.parent)
     return p, "power" if p.name.startswith("power") else "decisions"
+
+
+def _require_access(directory: Path) -> None:
+    """PermissionError if ``directory`` exists but this user may not list and read it.
+
+    Without this an unreadable log directory looks empty to the reader (its glob finds nothing)
+    and the user is told "no log at ...", which is wrong; a missing one is left to that message.
+    """
+    try:
+        directory.stat()
+    except FileNotFoundError:
+        return
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+
+
+#: the group that edged.service (Group=edged-log, LogsDirectoryMode=0750, UMask=0027) lets read its logs
+LOG_GROUP = "edged-log"
+
+
+def permission_hint(exc: PermissionError, path: Optional[Path] = None) -> EdgedError:
+    """What to do when the log directory is not readable by this user, instead of a traceback.
+
+    The service's logs (/var/log/edged) are readable by root and the group ``edged-log``. The
+    advice depends on this user: not in the group, in it but not in this login session yet, or on a
+    system installed before the group existed (DynamicUser=yes: /var/log/private, root only).
+    """
+    import grp
+
+    where = exc.filename or (str(path) if path else "the log directory")
+    cmd = "edged tail " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tail"] else "edged tail"
+    head = f"cannot read {where}: permission denied."
+    try:
+        members = grp.getgrnam(LOG_GROUP)
+    except KeyError:
+        return EdgedError(f"{head} The service's logs are readable by root only here: run `sudo {cmd.strip()}` "
+                          f"(or re-run hw/install.sh, which creates the group {LOG_GROUP!r} for readers)")
+    user = ""
+    try:
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        pass
+    in_session = members.gr_gid in os.getgroups() or members.gr_gid == os.getgid()
+    if user and user in members.gr_mem and not in_session:
+        return EdgedError(f"{head} You are in the group {LOG_GROUP!r} but this login session predates that: log in "
+                          f"again (or run `newgrp {LOG_GROUP}`), or use `sudo {cmd.strip()}`")
+    if in_session:
+        return EdgedError(f"{head} You are in the group {LOG_GROUP!r}, but {where} is not readable by it: is it the "
+                          f"service's log directory (--dir DIR)? Otherwise use `sudo {cmd.strip()}`")
+    return EdgedError(f"{head} The service's logs are readable by root and the group {LOG_GROUP!r}: run "
+                      f"`sudo {cmd.strip()}`, or once `sudo usermod -aG {LOG_GROUP} {user or '$USER'}` "
+                      "and log in again")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -624,6 +682,13 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
+    try:
+        return _run(args)
+    except PermissionError as exc:  # e.g. /var/log/edged as a user outside the group edged-log
+        raise permission_hint(exc) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     tail = _Tail(args, sys.stdout, sys.stderr)
     stop = threading.Event()
     previous: Dict[signal.Signals, Any] = {}

@@ -169,6 +169,20 @@ for group in $GROUPS_NEEDED; do
     fi
 done
 
+# --- the service user -----------------------------------------------------------------------------
+# edged.service runs as the system user edged, group edged-log (User=, Group=): its logs in
+# /var/log/edged are 0750/0640, so members of edged-log read them without sudo
+# (sudo usermod -aG edged-log "$USER"). Re-running keeps an existing user and group.
+NOLOGIN=$(command -v nologin || echo /usr/sbin/nologin)
+if [ -n "$ROOT" ]; then
+    getent passwd edged >/dev/null || warn "user edged does not exist; on the target: groupadd --system edged-log;" \
+        "useradd --system --gid edged-log --home-dir /var/lib/edged --no-create-home --shell $NOLOGIN edged"
+else
+    getent group edged-log >/dev/null || run groupadd --system edged-log
+    getent passwd edged >/dev/null || run useradd --system --gid edged-log --home-dir /var/lib/edged \
+        --no-create-home --shell "$NOLOGIN" --comment "edged daemon" edged
+fi
+
 # --- units and logrotate -------------------------------------------------------------------------
 run install -d -m 0755 "$UNIT_DIR"
 run install -m 0644 "$SRC_DIR/systemd/edged.service" "$UNIT_DIR/edged.service"
@@ -203,8 +217,9 @@ edged is installed. Next:
   sudo systemctl enable --now edged.service     # start now and at boot
   systemctl status edged                        # READY / STATUS= counters
   journalctl -u edged -f                        # operational messages
-  sudo edged tail -f                            # live decisions (/var/log/edged/decisions.jsonl)
-  sudo edged report /var/log/edged              # summary tables
+  sudo usermod -aG edged-log "\$USER"            # read the logs without sudo (log in again)
+  edged tail -f                                 # live decisions (/var/log/edged/decisions.jsonl)
+  edged report /var/log/edged                   # summary tables
 EOF
 if [ "$WITH_FOG" = 1 ]; then
     echo "  sudo systemctl enable --now edged-fog.service # the fog node"

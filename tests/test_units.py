@@ -98,7 +98,9 @@ def test_security_exposure_stays_low(tmp_path: Path) -> None:
 def test_unit_settings_the_daemon_relies_on() -> None:
     edge = (SYSTEMD / "edged.service").read_text()
     for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "Restart=on-failure", "KillSignal=SIGTERM",
-                 "TimeoutStopSec=30", "DynamicUser=yes", "StateDirectory=edged", "LogsDirectory=edged",
+                 "TimeoutStopSec=30", "User=edged", "Group=edged-log", "StateDirectory=edged",
+                 "StateDirectoryMode=0700", "LogsDirectory=edged", "LogsDirectoryMode=0750", "UMask=0027",
+                 "RestartPreventExitStatus=78",
                  "ProtectSystem=strict", "NoNewPrivileges=yes", "DevicePolicy=closed", "DeviceAllow=char-ttyUSB rw",
                  "DeviceAllow=char-ttyACM rw", "DeviceAllow=/dev/i2c-1 rw", "SupplementaryGroups=dialout i2c",
                  "ExecStartPre=/opt/edged/bin/edged check-config /etc/edged/edged.toml",
@@ -176,3 +178,57 @@ def test_real_logrotate_with_sighup_reopen_loses_nothing(tmp_path: Path) -> None
     names = sorted(p.name for p in logs.iterdir())
     assert len(names) == 3 and any(n.endswith(".gz") for n in names), names  # delaycompress: one .gz, one plain
     assert [r["seq"] for r in read_records(logs)] == list(range(seq))
+
+
+def test_config_errors_do_not_restart_loop() -> None:
+    """check-config (ExecStartPre=) and every edged command exit EXIT_CONFIG on a bad config; both
+    units list it in RestartPreventExitStatus=, so the error stays on top of `systemctl status`."""
+    from edged.errors import EXIT_CONFIG
+
+    for name in UNITS:
+        text = (SYSTEMD / name).read_text()
+        m = re.search(r"^RestartPreventExitStatus=(.+)$", text, re.M)
+        assert m and str(EXIT_CONFIG) in m.group(1).split(), name
+
+
+def test_bad_config_exits_with_the_status_the_units_expect(tmp_path: Path) -> None:
+    from edged.errors import EXIT_CONFIG
+
+    bad = tmp_path / "edged.toml"
+    bad.write_text((SYSTEMD / "edged.toml").read_text().replace("profile_repeats = 3", "profile_repets = 3"))
+    res = subprocess.run([sys.executable, "-m", "edged", "check-config", str(bad)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert res.returncode == EXIT_CONFIG, res.stderr
+    assert "profile_repets" in res.stderr
+
+
+def _comment_lines(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+
+
+def test_unit_comments_name_real_environment_overrides_and_ports(tmp_path: Path) -> None:
+    """The examples in the units' comments work when pasted into a drop-in."""
+    from edged.config import load_config
+
+    comments = "\n".join(_comment_lines((SYSTEMD / n).read_text()) for n in (*UNITS, "jetson.conf"))
+    names = re.findall(r"\b(EDGED_[A-Z0-9_]+)=([^\s),]+)", comments)
+    assert names, "no EDGED_* example in the unit comments"
+    for var, value in names:
+        assert "__" in var, f"{var}: config overrides are EDGED_<SECTION>__<KEY> (double underscore)"
+        if "<" in var:
+            continue
+        cfg = load_config(SYSTEMD / "edged.toml", environ={var: value}, check_models=False)
+        got: object = cfg
+        for part in var[len("EDGED_"):].lower().split("__"):
+            got = got[int(part)] if part.isdigit() else getattr(got, part)  # type: ignore[index]
+        assert str(got) == value, f"{var}={value} set {got!r}"
+    assert "EDGED_FOG_ENDPOINT" not in comments
+    # the ports: sensors send to 5555 (the zmq source), edges reach the fog on 5556 (edged fog --bind)
+    fog_unit = (SYSTEMD / "edged-fog.service").read_text()
+    assert re.search(r"^ExecStart=.*--bind tcp://\*:5556\b", fog_unit, re.M)
+    for var, value in names:
+        if var == "EDGED_FOG__ENDPOINT":
+            assert value.endswith(":5556"), f"{var}={value}: the fog binds 5556"
+        if var.startswith("EDGED_SOURCES__") and "ENDPOINT" in var:
+            assert value.endswith(":5555"), f"{var}={value}: the sensors' port is 5555"
+    assert 'endpoint = "tcp://*:5555"' in (SYSTEMD / "edged.toml").read_text()
