@@ -3,6 +3,7 @@ the result sinks (raw), and a stateful model's state round-trips per sender on t
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -80,22 +81,63 @@ def test_every_output_reaches_records_and_sinks_and_state_round_trips(root):
         m.close()
 
 
-def test_models_the_fog_protocol_cannot_carry_yet_stay_local_and_say_why(root):
-    """Until the fog protocol carries several tensors and state, such models run locally under any policy,
-    and the record says why (fog_up is false in its inputs, so it replays)."""
-    from edged.offload.policy import decide, inputs_from_record
+@pytest.mark.timeout(120)
+def test_offloaded_multi_tensor_and_stateful_models_equal_the_runtime_and_state_travels(root):
+    """Over a real `edged fog`: the two-output model returns both outputs, and the VAD's state travels with
+    each offloaded input and comes back. The fog then dies: the next inputs fall back or run locally and
+    each sender's state chain goes on unbroken, as a direct runtime call chain computes it."""
+    from edged.offload.fog_client import ZmqFogBackend
 
-    from .test_offload_dispatch import ScriptedFog
+    from .test_offload_fog import FogProcess
 
     cat = Catalogue.discover([root], include_shipped=False)
-    models = {"two": cat.load("two", "onnx")}
+    models = {n: cat.load(n, "onnx") for n in ("vad", "two")}
+    fog = FogProcess("--models-dir", str(root), "--model", "vad", "--model", "two")
+    backend = ZmqFogBackend(fog.endpoint)
     records: List[dict] = []
-    fog = ScriptedFog()
-    d = Dispatcher(models, {"*": "offload"}, records.append, fog=fog, model_hashes={"two": "x"})
-    assert d.breaker.is_up()
-    d.submit(_sample("two", 0, np.zeros(6, np.float32), "cam"))
-    assert d.close(5)
-    (rec,) = records
-    assert rec["decision"] == "local" and "does not carry several tensors" in rec["reason"]
-    assert decide(rec["policy"], inputs_from_record(rec)).decision == "local"
-    models["two"].close()
+    published: List[tuple] = []
+    d = Dispatcher(models, {"*": "offload"}, records.append, fog=backend, fog_timeout_s=2.0,
+                   on_results=lambda recs, outs: published.extend(zip(recs, outs)))
+    rng = np.random.default_rng(11)
+    sr = np.array([16000], np.int64)
+    chunks = {s: rng.standard_normal((6, 16)).astype(np.float32) for s in ("mcu-a", "mcu-b")}
+    xs = rng.standard_normal((3, 6)).astype(np.float32)
+    seq = 0
+    try:
+        for k in range(6):
+            if k == 3:  # half-way: the fog node dies
+                deadline = time.monotonic() + 30
+                while len(records) < seq and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                fog.proc.kill()
+            for s in ("mcu-a", "mcu-b"):
+                d.submit(_sample("vad", seq, chunks[s][k], s, {"x": chunks[s][k], "sr": sr}))
+                seq += 1
+            if k < 3:
+                d.submit(_sample("two", seq, xs[k], "cam"))
+                seq += 1
+        assert d.close(30)
+    finally:
+        backend.close()
+        fog.stop()
+    assert len(records) == seq == len({r["seq"] for r in records})
+    assert {r["decision"] for r in records[:9]} == {"offload"}, [r["decision"] for r in records]
+    two = [(r, o) for r, o in published if r["model"] == "two"]
+    ref = direct_ort(root / "two" / "model.onnx", {"x": xs})
+    for i, (rec, outs) in enumerate(two):
+        assert rec["decision"] == "offload" and set(rec["outputs"]) == {"probs", "emb"}
+        np.testing.assert_allclose(outs["probs"], ref["probs"][i], rtol=1e-6)
+        np.testing.assert_allclose(outs["emb"], ref["emb"][i], rtol=1e-6)
+    path = root / "vad" / "model.onnx"
+    for s, x in chunks.items():
+        got = [(r, o) for r, o in published if r["model"] == "vad" and r["sender"] == s]
+        assert [r["decision"] for r, _ in got[:3]] == ["offload"] * 3
+        assert all(r["decision"] in ("fallback", "local") for r, _ in got[3:])
+        h = np.zeros((1, 8), np.float32)
+        for k, (_rec, outs) in enumerate(got):
+            ref = direct_ort(path, {"x": x[k : k + 1], "h": h, "sr": sr})
+            np.testing.assert_allclose(outs["y"], ref["y"][0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(outs["h_out"], ref["h_out"][0], rtol=1e-5, atol=1e-6)
+            h = ref["h_out"]
+    for m in models.values():
+        m.close()

@@ -70,6 +70,7 @@ class _Job:
     radio_token: Any = None
     t_sent: float = 0.0
     key: int = 0
+    state_key: Optional[Tuple[str, str]] = None  # (sender, model) this job holds while it runs (stateful models)
 
 
 class Dispatcher:
@@ -154,6 +155,9 @@ class Dispatcher:
         self._model_locks = {name: threading.Lock() for name in self.models}
         self.on_results = on_results
         self.state = state or StateStore()
+        self._state_lock = threading.Lock()
+        self._state_busy: set = set()  # (sender, model) keys with an input of a stateful model unrecorded
+        self._state_parked: Dict[Tuple[str, str], Deque[_Job]] = {}
         #: name -> the model's manifest entry, when it has one (LoadedModel.entry); test doubles may not
         self._entries: Dict[str, Any] = {n: getattr(m, "entry", None) for n, m in self.models.items()}
         #: models served by predict(): one data input, one (non-state) output, no state. The others run
@@ -239,19 +243,71 @@ class Dispatcher:
             self._emit(job, "rejected", reason="unknown model",
                        error=f"model {sample.model!r} is not loaded (loaded: {', '.join(sorted(self.models))})")
             return None
+        if self._park_if_busy(job):
+            return None  # decided when this sender's previous input of this stateful model is recorded
+        self._decide(job, backlog_base_us)
+        return job
+
+    def _decide(self, job: _Job, backlog_base_us: Optional[float] = None) -> None:
+        sample = job.sample
         try:
             job.inputs = self._inputs(sample, backlog_base_us)
             job.decision = decide(job.policy, job.inputs)
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
             job.decision = Decision("local", f"decision failed: {exc}")
-        if job.decision.reason == "fog down" and self.fog is not None and self.breaker.is_up():
-            if sample.model in self._refused:
-                job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
-            elif not self._simple.get(sample.model, True):
-                job.decision = dataclasses.replace(
-                    job.decision, reason="runs locally: the fog protocol does not carry several tensors or state yet")
-        return job
+        if job.decision.reason == "fog down" and sample.model in self._refused and self.breaker.is_up():
+            job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
+
+    # ---- stateful models: one input per (sender, model) at a time -------------------------------
+    def _park_if_busy(self, job: _Job) -> bool:
+        """A stateful model's input waits while the same sender's previous input is unrecorded: its state
+        input is that input's state output, wherever it ran. True if ``job`` was parked."""
+        entry = self._entries.get(job.sample.model)
+        if entry is None or not entry.stateful:
+            return False
+        key = (self._sender(job.sample), job.sample.model)
+        with self._state_lock:
+            if key in self._state_busy:
+                self._state_parked.setdefault(key, deque()).append(job)
+                return True
+            self._state_busy.add(key)
+        job.state_key = key
+        return False
+
+    def _release(self, jobs: Sequence[_Job]) -> None:
+        """After ``jobs`` are recorded: start each one's next parked input (same sender, stateful model)."""
+        for job in jobs:
+            key = job.state_key
+            if key is None:
+                continue
+            with self._state_lock:
+                q = self._state_parked.get(key)
+                nxt = q.popleft() if q else None
+                if q is not None and not q:
+                    del self._state_parked[key]
+                if nxt is None:
+                    self._state_busy.discard(key)
+            if nxt is None:
+                continue
+            nxt.state_key = key
+            try:
+                self._decide(nxt)
+                if nxt.decision is not None and nxt.decision.decision == "offload":
+                    self._offload(nxt)
+                else:
+                    nxt.est_us = self.local.exec_us(nxt.sample.model) or 0.0
+                    with self._cv:  # the priority queue: this thread must not wait for room
+                        self._fallbacks.append(nxt)
+                        self._queued_us += nxt.est_us
+                        self._cv.notify()
+            except Exception as exc:  # noqa: BLE001 - this input gets an error record; the chain goes on
+                log.exception("starting a parked input failed")
+                self._emit(nxt, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _sender(sample: Any) -> str:
+        return str(getattr(sample, "sender", None) or getattr(sample, "source", "") or "")
 
     def record_rejected(self, sample: Any, reason: str, detail: Optional[str] = None) -> None:
         """Write a ``rejected`` record for an input refused after it was accepted (e.g. queue drop-oldest)."""
@@ -332,8 +388,7 @@ class Dispatcher:
 
     def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None) -> DecisionInputs:
         model = sample.model
-        fog_up = (self.fog is not None and self.breaker.is_up() and model not in self._refused
-                  and self._simple.get(model, True))
+        fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
         t_l_in = t_l_out = t_f = None
         fog_queue: Optional[float] = None
         if self.fog is not None:
@@ -385,7 +440,8 @@ class Dispatcher:
         with self._cv:
             self._inflight[job.key] = (job.t_sent, max(expected_us, 1000.0))
         try:
-            fut = self.fog.submit(sample.model, sample.array, self.hashes.get(sample.model), self.fog_timeout_s)
+            payload = sample.array if self._simple.get(sample.model, True) else self._feeds(sample)
+            fut = self.fog.submit(sample.model, payload, self.hashes.get(sample.model), self.fog_timeout_s)
         except Exception as exc:  # a back end that cannot even take the request: run it here
             with self._cv:
                 self._inflight.pop(job.key, None)
@@ -410,7 +466,13 @@ class Dispatcher:
         t_done = self.clock()
         energy = self._energy(job.t_sent, t_done)
         try:
-            outputs = self._one_output(model, np.asarray(reply.outputs))
+            if isinstance(reply.outputs, dict):  # every output by name (v2); state comes back with them
+                entry = self._entries[model]
+                if entry.stateful:
+                    self.state.update(self._sender(job.sample), entry, reply.outputs)
+                outputs = _rows(reply.outputs)
+            else:
+                outputs = self._one_output(model, np.asarray(reply.outputs))
             result, summary = self._summarize(model, outputs)
         except Exception as exc:
             self._emit(job, "offload", error=f"fog output unusable: {exc}", exec_us=reply.t_f_us)
@@ -673,6 +735,8 @@ class Dispatcher:
                 for job in jobs:
                     self._outstanding.pop(job.key, None)
                 self._cv.notify_all()
+            if self._state_busy:
+                self._release(jobs)
 
     def _write_records(self, recs: List[Dict[str, Any]]) -> None:
         with self._sink_lock:
@@ -699,14 +763,17 @@ class Dispatcher:
         if self._simple.get(model, True):
             return self._one_output(model, m.predict(sample.array, validate=False))  # sources validated it
         entry = self._entries[model]
+        outs = m.run(self._feeds(sample), validate=False)
+        if entry.stateful:
+            self.state.update(self._sender(sample), entry, outs)
+        return _rows(outs)
+
+    def _feeds(self, sample: Any) -> Dict[str, Any]:
+        """Every input of ``sample`` by name, with the sender's state for a stateful model (it travels with
+        the input when offloaded: the fog keeps no state)."""
+        entry = self._entries[sample.model]
         feeds = getattr(sample, "feeds", None) or {entry.primary_input.spec.name: sample.array}
-        sender = getattr(sample, "sender", None) or getattr(sample, "source", "") or ""
-        if entry.stateful:
-            feeds = self.state.feeds(sender, entry, feeds)
-        outs = m.run(feeds, validate=False)
-        if entry.stateful:
-            self.state.update(sender, entry, outs)
-        return {k: v[0] if v.ndim and v.shape[0] == 1 else v for k, v in outs.items()}
+        return self.state.feeds(self._sender(sample), entry, feeds) if entry.stateful else dict(feeds)
 
     def _one_output(self, model: str, out: np.ndarray) -> Outputs:
         """The single output of a simple model (one input's row), keyed by its manifest name."""
@@ -753,6 +820,11 @@ class Dispatcher:
         except Exception:
             log.exception("energy_fn failed")
             return None
+
+
+def _rows(outs: Mapping[str, np.ndarray]) -> Outputs:
+    """One input's outputs from a run of one: the batch axis of 1 removed."""
+    return {k: v[0] if v.ndim and v.shape[0] == 1 else v for k, v in outs.items()}
 
 
 def _summary_fallback(out: np.ndarray) -> Dict[str, Any]:

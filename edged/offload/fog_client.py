@@ -36,14 +36,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-import numpy as np
 import zmq
 
 from edged.endpoints import parse_zmq_endpoint
 from edged.errors import ConfigError, EdgedError
 from edged.offload.protocol import (
+    MAX_TENSORS,
     PROTOCOL_VERSION,
     ProtocolError,
     array_from_payload,
@@ -51,6 +51,8 @@ from edged.offload.protocol import (
     decode_header,
     encode_header,
     frames_size,
+    tensors_from_frames,
+    tensors_to_frames,
 )
 
 log = logging.getLogger("edged.fog_client")
@@ -59,9 +61,12 @@ log = logging.getLogger("edged.fog_client")
 # ---- results and failures ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FogReply:
-    """A successful offload: the model output and the timings (µs) and sizes (bytes) of the round trip."""
+    """A successful offload: the model output and the timings (µs) and sizes (bytes) of the round trip.
 
-    outputs: np.ndarray
+    ``outputs`` is the first output (no batch axis) for a v1 request (one array in), or every output by name
+    (batch axis as the fog's model returned it) for a v2 request (named tensors in)."""
+
+    outputs: Any
     t_f_us: float
     queue_us: float
     rtt_us: float
@@ -108,9 +113,10 @@ class FogBackend(abc.ABC):
     name: str = "fog"
 
     @abc.abstractmethod
-    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+    def submit(self, model: str, array: Any, model_hash: Optional[str],
                timeout_s: float) -> Future[FogReply]:
-        """Send one input (no batch dim) for ``model``; the future resolves within ``timeout_s`` (s)."""
+        """Send one input for ``model``: an array (no batch dim; v1), or every input by name (a mapping of
+        arrays, state included; v2). The future resolves within ``timeout_s`` (s)."""
 
     @abc.abstractmethod
     def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
@@ -141,7 +147,7 @@ class OipFogBackend(FogBackend):
         raise NotImplementedError("the Open Inference Protocol (KServe v2) fog back end is not implemented yet; "
                                   "use the ZeroMQ back end (edged fog)")
 
-    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+    def submit(self, model: str, array: Any, model_hash: Optional[str],
                timeout_s: float) -> Future[FogReply]:
         raise NotImplementedError
 
@@ -309,13 +315,16 @@ class ZmqFogBackend(FogBackend):
             raise EdgedError(f"fog client for {endpoint!r} cannot start: {why}")
 
     # ---- caller side -----------------------------------------------------------------------------
-    def submit(self, model: str, array: np.ndarray, model_hash: Optional[str],
+    def submit(self, model: str, array: Any, model_hash: Optional[str],
                timeout_s: float) -> Future[FogReply]:
         rid = self._prefix + str(next(self._ids))
         header = {"v": PROTOCOL_VERSION, "id": rid, "kind": "infer", "model": model, "model_hash": model_hash,
                   "sent_ts": round(time.time(), 6)}
         try:
-            frames = array_to_frames(header, array)
+            if isinstance(array, Mapping):  # v2: every input by name, one frame each
+                frames = tensors_to_frames(dict(header, v=2), array)
+            else:
+                frames = array_to_frames(header, array)
         except Exception as exc:  # noqa: BLE001 - this request fails, as a future, like any other failure
             fut: Future[FogReply] = Future()
             fut.set_running_or_notify_cancel()
@@ -559,7 +568,7 @@ class ZmqFogBackend(FogBackend):
             except zmq.Again:
                 return got_any
             t_recv = time.monotonic()
-            if len(frames) != 2:
+            if not 2 <= len(frames) <= MAX_TENSORS + 1:
                 self.counts["bad_replies"] += 1
                 log.warning("fog client: reply with %d frames ignored", len(frames))
                 continue
@@ -576,14 +585,14 @@ class ZmqFogBackend(FogBackend):
                 continue
             got_any = True
             try:
-                self._resolve_reply(req, header, frames[1], t_recv, len(frames[0]))
+                self._resolve_reply(req, header, frames[1:], t_recv, len(frames[0]))
             except Exception as exc:  # noqa: BLE001 - a reply that breaks the decoder fails its request alone
                 self._resolve_exc(req, FogError(f"malformed reply from fog: {type(exc).__name__}: {exc}"))
 
-    def _resolve_reply(self, req: _Request, header: Dict[str, Any], payload: bytes, t_recv: float,
+    def _resolve_reply(self, req: _Request, header: Dict[str, Any], payloads: List[bytes], t_recv: float,
                        header_bytes: int) -> None:
         rtt_us = (t_recv - req.t_sent) * 1e6
-        bytes_in = len(payload) + header_bytes
+        bytes_in = sum(len(p) for p in payloads) + header_bytes
         status = header.get("status")
         if status == "refused":
             self._resolve_exc(req, FogRefused(str(header.get("error") or "refused by the fog")))
@@ -598,7 +607,13 @@ class ZmqFogBackend(FogBackend):
                                         queue_est_us=float(header.get("queue_est_us") or 0.0),
                                         workers=int(header.get("workers") or 0))
             else:
-                result = FogReply(outputs=array_from_payload(header, payload),
+                if "tensors" in header:  # v2: every output by name
+                    outputs: Any = tensors_from_frames(header, payloads)
+                elif len(payloads) == 1:
+                    outputs = array_from_payload(header, payloads[0])
+                else:
+                    raise ProtocolError(f"v1 reply with {len(payloads)} payload frames")
+                result = FogReply(outputs=outputs,
                                   t_f_us=float(header.get("t_f_us") or 0.0),
                                   queue_us=float(header.get("queue_us") or 0.0), rtt_us=rtt_us,
                                   bytes_out=req.bytes_out, bytes_in=bytes_in)

@@ -31,11 +31,14 @@ import zmq
 
 from edged.errors import ConfigError, EdgedError
 from edged.offload.protocol import (
+    MAX_TENSORS,
     PROTOCOL_VERSION,
     ProtocolError,
     array_from_payload,
     decode_header,
     encode_header,
+    tensors_from_frames,
+    tensors_to_frames,
 )
 
 log = logging.getLogger("edged.fog")
@@ -48,7 +51,7 @@ T_F_HORIZON_S = 10.0
 #: an idle worker re-times a model not run for this many seconds
 T_F_REFRESH_S = 2.0
 
-_Job = Tuple[bytes, Dict[str, Any], bytes, float]  # (routing id, header, payload, t_enqueued monotonic)
+_Job = Tuple[bytes, Dict[str, Any], List[bytes], float]  # (routing id, header, payload frames, t_enqueued monotonic)
 
 
 class FogServer:
@@ -122,7 +125,7 @@ class FogServer:
             loaded: Dict[str, Any] = {}
             for name in names:
                 loaded[name] = cat.load(name, backend=self.backend, threads=self.threads)
-                self._warmup(name, loaded[name], cat.get(name).input)
+                self._warmup(name, loaded[name])
             instances.append(loaded)
         self._results = self._ctx.socket(zmq.PULL)
         self._results.bind(self._results_ep)
@@ -166,13 +169,23 @@ class FogServer:
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
 
-    def _warmup(self, name: str, model: Any, spec: Any) -> None:
-        shape = tuple(d if d else 1 for d in spec.sample_shape)
-        x = np.zeros(shape, dtype=np.dtype(spec.dtype))
+    def _warmup(self, name: str, model: Any) -> None:
         for _ in range(self.warmup_runs):
+            self._time_zero_input(name, model)
+
+    def _time_zero_input(self, name: str, model: Any) -> None:
+        """Run one all-zeros input (every input of the model, initial state) and record its T_F."""
+        entry = model.entry
+        if len(entry.inputs) == 1:
+            spec = entry.input
+            x = np.zeros(tuple(d if d else 1 for d in spec.sample_shape), dtype=np.dtype(spec.dtype))
             t0 = time.perf_counter()
             model.predict(x)
-            self._record_t_f(name, (time.perf_counter() - t0) * 1e6)
+        else:
+            feeds = entry.make_feeds()
+            t0 = time.perf_counter()
+            model.run(feeds)
+        self._record_t_f(name, (time.perf_counter() - t0) * 1e6)
 
     def start(self) -> str:
         """:meth:`open` and serve on a background thread; returns the bound endpoint."""
@@ -255,8 +268,8 @@ class FogServer:
 
     def _handle_request(self, frames: List[bytes]) -> None:
         ident = frames[0]
-        if len(frames) != 3:
-            self._reply(ident, {}, "error", f"expected [header, payload], got {len(frames) - 1} frames")
+        if not 3 <= len(frames) <= MAX_TENSORS + 2:
+            self._reply(ident, {}, "error", f"expected [header, payload, ...], got {len(frames) - 1} frames")
             return
         try:
             header = decode_header(frames[1])
@@ -287,7 +300,7 @@ class FogServer:
             self.counts["full"] += 1
             self._reply(ident, header, "error", f"fog queue full ({self.max_queue} waiting)")
             return
-        self._jobs.put((ident, header, frames[2], time.monotonic()))
+        self._jobs.put((ident, header, frames[2:], time.monotonic()))
 
     def _pong(self, ident: bytes, header: Dict[str, Any]) -> None:
         self.counts["ping"] += 1
@@ -350,22 +363,36 @@ class FogServer:
             push.close()
 
     def _run(self, models: Dict[str, Any], job: _Job) -> List[bytes]:
-        ident, req, payload, t_enq = job
+        """Run one request. v1 (one array): the first output as ``[header, payload]``. v2 (``tensors``): every
+        input by name (state included: the fog keeps none) through ``run``; every output as tensors."""
+        ident, req, payloads, t_enq = job
         queue_us = (time.monotonic() - t_enq) * 1e6
         name = str(req.get("model"))
         header: Dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req.get("id"), "status": "ok", "error": None,
                                   "t_f_us": 0.0, "queue_us": round(queue_us, 1), "dtype": None, "shape": None,
                                   "model_hash": self._hashes.get(name)}
-        out = b""
+        out: List[bytes] = [b""]
         try:
-            x = array_from_payload(req, payload)
             model = models[name]
-            t0 = time.perf_counter()
-            y = np.ascontiguousarray(model.predict(x))
-            t_f_us = (time.perf_counter() - t0) * 1e6
+            if "tensors" in req:
+                feeds = tensors_from_frames(req, payloads)
+                t0 = time.perf_counter()
+                outs = model.run(feeds)
+                t_f_us = (time.perf_counter() - t0) * 1e6
+                frames = tensors_to_frames({}, outs)
+                header.update(tensors=decode_header(frames[0])["tensors"], v=2)
+                out = frames[1:]
+            else:
+                if len(payloads) != 1:
+                    raise ProtocolError(f"a request without 'tensors' carries one payload, not {len(payloads)}")
+                x = array_from_payload(req, payloads[0])
+                t0 = time.perf_counter()
+                y = np.ascontiguousarray(model.predict(x))
+                t_f_us = (time.perf_counter() - t0) * 1e6
+                header.update(dtype=str(y.dtype), shape=list(y.shape))
+                out = [y.tobytes()]
             self._record_t_f(name, t_f_us)
-            header.update(t_f_us=round(t_f_us, 1), dtype=str(y.dtype), shape=list(y.shape))
-            out = y.tobytes()
+            header["t_f_us"] = round(t_f_us, 1)
             self.counts["ok"] += 1
         except (ProtocolError, EdgedError, ValueError) as exc:
             header.update(status="error", error=f"model {name!r}: {exc}")
@@ -374,7 +401,9 @@ class FogServer:
             log.exception("fog: model %s failed", name)
             header.update(status="error", error=f"model {name!r} failed on the fog: {type(exc).__name__}: {exc}")
             self.counts["error"] += 1
-        return [ident, encode_header(header), out]
+        if header["status"] != "ok":
+            out = [b""]
+        return [ident, encode_header(header), *out]
 
     def _record_t_f(self, model: str, t_f_us: float) -> None:
         with self._t_f_lock:
@@ -410,11 +439,7 @@ class FogServer:
                 if now - last < T_F_REFRESH_S:
                     continue
                 self._refresh_claims[name] = now
-            spec = model.entry.input
-            x = np.zeros(tuple(d if d else 1 for d in spec.sample_shape), dtype=np.dtype(spec.dtype))
-            t0 = time.perf_counter()
-            model.predict(x)
-            self._record_t_f(name, (time.perf_counter() - t0) * 1e6)
+            self._time_zero_input(name, model)
 
     @property
     def model_names(self) -> List[str]:

@@ -1,7 +1,13 @@
 """Wire protocol between an edge (ZeroMQ DEALER) and a fog node (ZeroMQ ROUTER).
 
-Every message is two frames: ``[header, payload]``. The header is UTF-8 JSON;
+A v1 message is two frames: ``[header, payload]``. The header is UTF-8 JSON;
 the payload is the raw C-order bytes of one array (or padding for a probe).
+
+A v2 message (models with several inputs or outputs, or recurrent state) carries
+``tensors`` in the header, ``[{"name", "dtype", "shape"}, ...]``, and one payload
+frame per tensor in that order: ``[header, payload_1, ..., payload_n]``. A request
+with ``tensors`` gets a reply with every output as ``tensors``; a request without
+gets the v1 reply (the first output), so v1 edges keep working.
 
 Request header: ``v`` (protocol version, 1), ``id`` (request id, unique per client),
 ``kind`` (``"infer"`` | ``"ping"``), ``model``, ``model_hash``, ``dtype``, ``shape``
@@ -18,7 +24,7 @@ and ``queue_est_us``. See ``docs/offloading.md``.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -59,13 +65,47 @@ def array_from_payload(header: Dict[str, Any], payload: bytes) -> np.ndarray:
     try:
         dtype = np.dtype(str(header.get("dtype")))
         shape: Tuple[int, ...] = tuple(int(d) for d in header.get("shape") or ())
-    except (TypeError, ValueError) as exc:
+        if dtype.hasobject or any(d < 0 for d in shape):
+            raise ValueError(f"dtype {dtype} / shape {list(shape)} cannot describe raw bytes")
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"bad dtype/shape in header: {exc}") from None
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if expected != len(payload):
         raise ProtocolError(f"payload is {len(payload)} bytes but dtype {dtype} shape {list(shape)} "
                             f"needs {expected}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+#: most tensors one v2 message may carry (inputs or outputs)
+MAX_TENSORS = 64
+
+
+def tensors_to_frames(header: Dict[str, Any], tensors: Mapping[str, np.ndarray]) -> List[bytes]:
+    """``[header + tensors spec, payload per tensor]`` for several named arrays (v2)."""
+    arrays = [(str(k), np.ascontiguousarray(v)) for k, v in tensors.items()]
+    spec = [{"name": k, "dtype": a.dtype.str.lstrip("<=|") if a.dtype.byteorder != ">" else a.dtype.str,
+             "shape": list(a.shape)} for k, a in arrays]
+    return [encode_header(dict(header, tensors=spec)), *(a.tobytes() for _, a in arrays)]
+
+
+def tensors_from_frames(header: Dict[str, Any], payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
+    """Rebuild the named arrays of a v2 message; :class:`ProtocolError` on any mismatch."""
+    spec = header.get("tensors")
+    if not isinstance(spec, list) or not 0 < len(spec) <= MAX_TENSORS:
+        raise ProtocolError(f"'tensors' must be a list of 1..{MAX_TENSORS} {{name, dtype, shape}} objects")
+    if len(spec) != len(payloads):
+        raise ProtocolError(f"header lists {len(spec)} tensors but {len(payloads)} payload frames came")
+    out: Dict[str, np.ndarray] = {}
+    for t, payload in zip(spec, payloads):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise ProtocolError("each tensor needs a string 'name'")
+        if t["name"] in out:
+            raise ProtocolError(f"tensor {t['name']!r} appears twice")
+        try:
+            out[t["name"]] = array_from_payload(t, payload)
+        except ProtocolError as exc:
+            raise ProtocolError(f"tensor {t['name']!r}: {exc}") from None
+    return out
 
 
 def frames_size(frames: Sequence[bytes]) -> int:
