@@ -424,9 +424,11 @@ def array_from_values(spec: TensorSpec, model: str, values: Any) -> np.ndarray:
         return raw.astype(target)
     if target.kind == "b":
         return raw.astype(target)
-    arr = raw.astype(target)
-    if target != raw.dtype:
-        _check_finite(arr, model)  # e.g. 1e39 overflows float32 to inf
+    if target == raw.dtype:
+        return raw
+    with np.errstate(over="ignore"):  # an overflow is reported as non_finite below, not as a RuntimeWarning
+        arr = raw.astype(target)
+    _check_finite(arr, model)  # e.g. 1e39 overflows float32 to inf
     return arr
 
 
