@@ -11,6 +11,24 @@ table the edge-ML proposal asks for.
 Results are stored in ``<state dir>/profile.json`` (``$STATE_DIRECTORY``, else
 ``~/.local/state/edged``) under a device fingerprint: board, CPU model, cores,
 machine, Python and runtime versions. Each entry is keyed ``model/backend/threads``.
+
+A model with dynamic dimensions (an image's H x W) is measured at every shape its
+validation set and its manifest's ``profile_shapes`` give (see :func:`profile_plan`),
+and its entry gains ``"shape"`` and ``"shapes"``::
+
+    "seg/onnx/1": {"wcet_us": 812.4, "p50_us": 701.0, ...,      # the numbers of "shape":
+                   "shape": "1x256x256x1",                       # the largest shape measured
+                   "shapes": {"1x32x32x1":   {"wcet_us": 41.2, "p50_us": 23.0, "p95_us": ..., "p99_us": ...,
+                                              "mean_us": ..., "stdev_us": ..., "n": 96, "n_inputs": 32,
+                                              "inputs": "...", "source": "profile_shapes"},
+                              "1x256x256x1": {...}}}
+
+The top-level numbers are those of the largest shape (most elements), so a reader that
+does not know shapes still gets an upper bound over the measured shapes. A static
+model's entry has neither key and is exactly what it always was (its shape key is
+``""``); files written before shapes existed load unchanged. The dispatcher reads
+:meth:`Profile.wcet_by_shape` and :func:`estimate_wcet_us` (an unprofiled shape's WCET
+scaled by element count).
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -27,18 +46,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from edged.errors import EdgedError, Interrupted, ManifestError
-from edged.models import Catalogue, ModelEntry, split_csv
+from edged.models import Catalogue, ModelEntry, key_elements, split_csv
 
 log = logging.getLogger(__name__)
 
 PROFILE_FILE = "profile.json"
 PROFILE_VERSION = 1
 SYNTHETIC_INPUTS = 256  # when a user model ships no validation set
+SHAPE_INPUTS = 32  # timed inputs per pass at each manifest profile_shapes shape (large shapes are slow)
+SHAPE_SAMPLES = 4  # distinct seeded samples those inputs cycle through
 
 
 # --------------------------------------------------------------------------- device fingerprint
@@ -167,21 +188,101 @@ def percentile(sorted_us: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(sorted_us), q))
 
 
-def validation_inputs(entry: ModelEntry) -> tuple[np.ndarray, Optional[np.ndarray], str]:
-    """Inputs to measure on: the model's validation set, or seeded synthetic inputs if it has none."""
+@dataclass
+class ProfileCase:
+    """Inputs to measure a model on at one shape.
+
+    ``feeds`` maps every input a sample needs to an array of samples (batch axis first;
+    an unbatched input as the file takes it); timed input ``i`` is sample ``i % samples``.
+    """
+
+    key: str  #: the shape key (``entry.shape_key``); ``""`` for a static model
+    feeds: Dict[str, np.ndarray]
+    n: int  #: timed inputs per pass
+    y: Optional[np.ndarray]  #: labels of the first ``n`` samples, when the validation set has them
+    what: str  #: what the inputs are, for the record
+    source: str  #: "validation" | "synthetic" | "profile_shapes" | "default"
+
+    def sample(self, entry: ModelEntry, i: int) -> Dict[str, np.ndarray]:
+        out: Dict[str, np.ndarray] = {}
+        for inp in entry.inputs:
+            arr = self.feeds.get(inp.name)
+            if arr is None:
+                continue  # a state input without a value: the model feeds its initial state
+            if not inp.batched and arr.ndim == len(inp.shape):
+                out[inp.name] = arr
+            else:
+                out[inp.name] = arr[i % len(arr)]
+        return out
+
+
+def _samples(entry: ModelEntry, feeds: Mapping[str, np.ndarray]) -> int:
+    p = entry.primary_input
+    arr = feeds[p.name]
+    return int(arr.shape[0]) if p.batched or arr.ndim > len(p.shape) else 1
+
+
+def _head(entry: ModelEntry, feeds: Mapping[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:
+    """The first ``n`` samples of every batched input."""
+    out = {}
+    for inp in entry.inputs:
+        if inp.name in feeds:
+            arr = feeds[inp.name]
+            out[inp.name] = arr if (not inp.batched and arr.ndim == len(inp.shape)) else arr[:n]
+    return out
+
+
+def profile_plan(entry: ModelEntry, max_inputs: Optional[int] = None) -> List[ProfileCase]:
+    """What :func:`profile_one` measures ``entry`` on: one :class:`ProfileCase` per shape.
+
+    A static model: its validation set (every input), else :data:`SYNTHETIC_INPUTS` seeded
+    synthetic inputs; one case, key ``""``, as always. A dynamic model: the shape of its
+    validation set (an npz array is rectangular, so a validation set holds one shape per
+    input) plus each manifest ``profile_shapes`` shape (:data:`SHAPE_INPUTS` inputs cycling
+    through :data:`SHAPE_SAMPLES` seeded samples, as ``entry.profile_cases`` makes them);
+    a shape given by both is measured once, on the validation set. A dynamic model with
+    neither is measured at its declared shape with each dynamic dimension 1 (``source``
+    "default") -- a poor WCET for larger inputs, so :func:`profile_one` warns.
+    ``max_inputs`` caps the timed inputs per pass of every case.
+    """
+    cases: List[ProfileCase] = []
     try:
-        x, y = entry.load_validation()
-        return x, y, f"validation set ({len(x)} inputs)"
+        feeds, y = entry.load_validation_feeds()
+        n = _samples(entry, feeds)
+        if n < 1:
+            raise ManifestError(f"model {entry.name!r}: {entry.validation_path} holds no inputs")
+        what = f"validation set ({n} inputs)"
+        source = "validation"
     except ManifestError:
-        rng = np.random.default_rng(0)
-        shape = (SYNTHETIC_INPUTS, *[d or 1 for d in entry.input.sample_shape])
-        dt = np.dtype(entry.input.dtype)
-        if dt.kind == "f":
-            x = rng.standard_normal(shape).astype(dt)
+        if entry.is_dynamic:
+            feeds, y, n, what, source = {}, None, 0, "", ""
         else:
-            info = np.iinfo(dt)
-            x = rng.integers(max(info.min, -128), min(info.max, 127), size=shape).astype(dt)
-        return x, None, f"{SYNTHETIC_INPUTS} synthetic inputs (no validation set: accuracy not measured)"
+            feeds = entry.make_feeds(seed=0, batch=SYNTHETIC_INPUTS)
+            y, n, source = None, SYNTHETIC_INPUTS, "synthetic"
+            what = f"{SYNTHETIC_INPUTS} synthetic inputs (no validation set: accuracy not measured)"
+    if n:
+        if max_inputs and max_inputs < n:
+            n = max_inputs
+            feeds = _head(entry, feeds, n)
+            y = y[:n] if y is not None else None
+            what += f", first {n}"
+        cases.append(ProfileCase(entry.shape_key(feeds), feeds, n, y, what, source))
+    if not entry.is_dynamic:
+        return cases
+    n_shape = min(SHAPE_INPUTS, max_inputs) if max_inputs else SHAPE_INPUTS
+    for k, shapes in enumerate(entry.profile_shapes):
+        f = entry.make_feeds(shapes, seed=k, batch=min(SHAPE_SAMPLES, n_shape))
+        key = entry.shape_key(f)
+        if any(c.key == key for c in cases):
+            continue
+        cases.append(ProfileCase(key, f, n_shape, None, f"{n_shape} synthetic inputs at profile_shapes[{k}]",
+                                 "profile_shapes"))
+    if not cases:
+        f = entry.make_feeds(seed=0, batch=min(SHAPE_SAMPLES, n_shape))
+        cases.append(ProfileCase(entry.shape_key(f), f, n_shape, None,
+                                 f"{n_shape} synthetic inputs, dynamic dimensions 1 (no validation set and no "
+                                 "profile_shapes in the manifest)", "default"))
+    return cases
 
 
 def _check_stop(stop: Optional[threading.Event], name: str, where: str) -> None:
@@ -189,10 +290,35 @@ def _check_stop(stop: Optional[threading.Event], name: str, where: str) -> None:
         raise Interrupted(f"profiling {name} stopped {where}: a stop was requested")
 
 
+def _stats(times: Sequence[float]) -> Dict[str, Any]:
+    s = sorted(times)
+    return {
+        "wcet_us": round(s[-1], 1),
+        "p50_us": round(percentile(s, 50), 1),
+        "p95_us": round(percentile(s, 95), 1),
+        "p99_us": round(percentile(s, 99), 1),
+        "mean_us": round(statistics.fmean(s), 1),
+        "stdev_us": round(statistics.pstdev(s), 1),
+    }
+
+
+def top_shape(shapes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The shape whose numbers an entry's top level holds: the most elements (ties: the larger WCET)."""
+    return max(shapes, key=lambda k: (key_elements(k), float(shapes[k].get("wcet_us") or 0.0), k))
+
+
 def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: int = 3, warmup: int = 20,
                 progress: Optional[Callable[[str], object]] = None, gap_ms: float = 0.0,
                 max_inputs: Optional[int] = None, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Measure one model x backend x threads. Times are µs per single input (batch of 1).
+
+    A dynamic model is measured at each shape of :func:`profile_plan` (``warmup`` runs, then
+    ``repeats`` passes, per shape) and its result gains ``"shape"`` and ``"shapes"`` (see the
+    module docstring); a static model's result is what it always was.
+
+    Each input is timed as the daemon runs it: ``predict`` for a model with one input and one
+    output, ``run`` with every input by name otherwise. Accuracy and macro-F1 are measured on the
+    first pass over a validation set with labels, when the model's first output is a classifier.
 
     ``gap_ms`` idles that long before each timed input, as a sparse sensor stream does: after an
     idle gap caches are cold and a core may have to wake, so the worst case is larger than in a
@@ -207,66 +333,124 @@ def profile_one(cat: Catalogue, name: str, backend: str, threads: int, repeats: 
     _check_stop(stop, name, "before it started")
     entry = cat.get(name)
     backend = cat.resolve_backend(name, backend)
-    x, y, what = validation_inputs(entry)
-    if max_inputs:
-        x = x[:max_inputs]
-        y = y[:max_inputs] if y is not None else None
-        what += f", first {len(x)}"
+    cases = profile_plan(entry, max_inputs)
+    dynamic = entry.is_dynamic
+    if dynamic and cases[0].source == "default":
+        say(f"{name}: WARNING: dynamic model without a validation set or profile_shapes: measured at "
+            f"{cases[0].key} only, a WCET far too small for larger inputs; list profile_shapes in its manifest")
     gap_s = max(0.0, gap_ms) / 1e3
-    if gap_s:
-        what += f", {gap_ms:g} ms idle before each"
+    gap_note = f", {gap_ms:g} ms idle before each" if gap_s else ""
+    first_out = next((o for o in entry.outputs if not o.is_state), None)
+    simple = len(entry.inputs) == 1 and len(entry.outputs) == 1 and not entry.stateful
+    primary = entry.primary_input.name
     reset_ok = reset_peak_rss()
     rss0 = rss_kb()
     t0 = time.perf_counter()
     model = cat.load(name, backend, threads=threads)
     load_ms = (time.perf_counter() - t0) * 1e3
+    accuracy: Optional[float] = None
+    f1: Optional[float] = None
+    per_shape: Dict[str, Dict[str, Any]] = {}
     try:
-        n = len(x)
-        for i in range(warmup):
-            _check_stop(stop, name, "during the warm-up")
-            model.predict(x[i % n], validate=False)
-        times: List[float] = []
-        preds = np.empty(n, dtype=np.int64)
-        clock = time.perf_counter_ns
-        for r in range(repeats):
-            for i in range(n):
-                if gap_s:
-                    if stop is not None:
-                        stop.wait(gap_s)
-                    else:
-                        time.sleep(gap_s)
-                _check_stop(stop, name, f"in pass {r + 1}/{repeats} at input {i + 1}/{n}")
-                t = clock()
-                out = model.predict(x[i], validate=False)
-                times.append((clock() - t) / 1e3)
-                if r == 0:
-                    preds[i] = int(np.argmax(out))
-            say(f"{name}/{backend}/t{threads}: pass {r + 1}/{repeats} over {what}")
+        for case in cases:
+            at = f" at shape {case.key}" if dynamic else ""
+            n = case.n
+            samples = [case.sample(entry, i) for i in range(min(n, _samples(entry, case.feeds)))]
+            m = len(samples)
+            if simple:
+                def call(s: Dict[str, np.ndarray]) -> np.ndarray:
+                    return model.predict(s[primary], validate=False)
+            else:
+                def call(s: Dict[str, np.ndarray]) -> np.ndarray:
+                    return model.run(s, validate=False)[first_out.name if first_out else model.output_names[0]]
+            for i in range(warmup):
+                _check_stop(stop, name, f"during the warm-up{at}")
+                call(samples[i % m])
+            classify = case.y is not None and first_out is not None and first_out.is_classifier
+            times: List[float] = []
+            preds = np.empty(n, dtype=np.int64)
+            clock = time.perf_counter_ns
+            for r in range(repeats):
+                for i in range(n):
+                    if gap_s:
+                        if stop is not None:
+                            stop.wait(gap_s)
+                        else:
+                            time.sleep(gap_s)
+                    _check_stop(stop, name, f"{at.strip() + ' ' if at else ''}in pass {r + 1}/{repeats} "
+                                            f"at input {i + 1}/{n}")
+                    t = clock()
+                    out = call(samples[i % m])
+                    times.append((clock() - t) / 1e3)
+                    if r == 0 and classify:
+                        preds[i] = int(np.argmax(out))
+                say(f"{name}/{backend}/t{threads}{at}: pass {r + 1}/{repeats} over {case.what}{gap_note}")
+            if classify and case.y is not None:
+                accuracy = round(float(np.mean(preds == case.y)), 6)
+                f1 = round(macro_f1(case.y, preds), 6)
+            per_shape[case.key] = {**_stats(times), "n": len(times), "n_inputs": n,
+                                   "inputs": case.what + gap_note, "source": case.source}
         peak = peak_rss_kb()
     finally:
         model.close()
-    times_sorted = sorted(times)
+    top = top_shape(per_shape) if dynamic else ""
+    main_ = per_shape[top]
+    what = main_["inputs"]
+    if dynamic:
+        what = f"{len(per_shape)} shape(s): " + "; ".join(f"{k}: {v['inputs']}" for k, v in per_shape.items())
     result: Dict[str, Any] = {
         "model": name, "backend": backend, "threads": threads, "model_hash": entry.model_hash,
-        "inputs": what, "n_inputs": n, "warmup": warmup, "repeats": repeats, "runs": len(times),
+        "inputs": what, "n_inputs": main_["n_inputs"], "warmup": warmup, "repeats": repeats, "runs": main_["n"],
         "load_ms": round(load_ms, 3),
-        "wcet_us": round(times_sorted[-1], 1),
-        "p50_us": round(percentile(times_sorted, 50), 1),
-        "p95_us": round(percentile(times_sorted, 95), 1),
-        "p99_us": round(percentile(times_sorted, 99), 1),
-        "mean_us": round(statistics.fmean(times), 1),
-        "stdev_us": round(statistics.pstdev(times), 1),
+        **{k: main_[k] for k in ("wcet_us", "p50_us", "p95_us", "p99_us", "mean_us", "stdev_us")},
         "peak_rss_increase_kb": max(0, peak - rss0),
         "peak_rss_exact": reset_ok,
         "gap_ms": gap_ms,
-        "accuracy": None, "macro_f1": None,
+        "accuracy": accuracy, "macro_f1": f1,
         "manifest_accuracy": entry.metric(backend, "accuracy"),
         "measured_at": time.time(),
     }
-    if y is not None:
-        result["accuracy"] = round(float(np.mean(preds == y)), 6)
-        result["macro_f1"] = round(macro_f1(y, preds), 6)
+    if dynamic:
+        result["shape"] = top
+        result["shapes"] = per_shape
     return result
+
+
+def estimate_wcet_us(by_shape: Mapping[str, float], key: str) -> Tuple[Optional[float], bool]:
+    """The WCET (µs) of an input of shape ``key`` from per-shape WCETs; (estimate, scaled).
+
+    ``key`` profiled: its WCET, ``scaled`` False. Otherwise the WCET of the profiled shape
+    nearest in element count (:func:`~edged.models.key_elements`), by ratio -- a shape 4x
+    smaller and one 4x larger are equally near, and a tie goes to the smaller one, whose
+    scaled fixed cost over- rather than under-estimates -- times ``elements(key) /
+    elements(that shape)``, with ``scaled`` True. ``(None, False)`` when nothing usable is
+    profiled, or for ``key`` ``""`` (no dynamic shape known: nothing to scale by) unless
+    ``""`` itself is profiled. Entries whose key does not parse or whose WCET is not a finite
+    number >= 0 are ignored.
+    """
+    if key in by_shape and _usable(by_shape[key]):
+        return float(by_shape[key]), False
+    if not key:
+        return None, False
+    target = key_elements(key)
+    best: Optional[Tuple[float, int, float]] = None  # (log distance, elements, wcet)
+    for k, w in by_shape.items():
+        if not k or not _usable(w):
+            continue
+        try:
+            e = key_elements(k)
+        except ValueError:
+            continue
+        cand = (round(abs(math.log(target / e)), 9), e, float(w))  # rounded: a 4x tie is a tie
+        if best is None or cand[:2] < best[:2]:
+            best = cand
+    if best is None:
+        return None, False
+    return best[2] * target / best[1], True
+
+
+def _usable(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 # --------------------------------------------------------------------------- the stored table
@@ -295,10 +479,51 @@ class Profile:
         e = self.get(model, backend, threads)
         return float(e["p50_us"]) if e else None
 
-    def is_current(self, model: str, backend: str, threads: int, model_hash: str) -> bool:
-        """True if an entry exists and was measured on this exact model."""
+    def shapes(self, model: str, backend: str, threads: int = 1) -> Dict[str, Dict[str, Any]]:
+        """Shape key -> that shape's numbers (``wcet_us``, ``p50_us``, ... ``n``); {} for a static model
+        or an entry stored before shapes were measured."""
         e = self.get(model, backend, threads)
-        return bool(e) and e.get("model_hash") == model_hash  # type: ignore[union-attr]
+        raw = e.get("shapes") if e else None
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): v for k, v in raw.items() if isinstance(v, dict)}
+
+    def _by_shape(self, model: str, backend: str, threads: int, field: str) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for k, v in self.shapes(model, backend, threads).items():
+            x = v.get(field)
+            if x is not None and _usable(x):
+                out[k] = float(x)
+        return out
+
+    def wcet_by_shape(self, model: str, backend: str, threads: int = 1) -> Dict[str, float]:
+        """Shape key -> WCET (µs) of a dynamic model; {} for a static model or an old entry."""
+        return self._by_shape(model, backend, threads, "wcet_us")
+
+    def p50_by_shape(self, model: str, backend: str, threads: int = 1) -> Dict[str, float]:
+        """Shape key -> median latency (µs) of a dynamic model; {} for a static model or an old entry."""
+        return self._by_shape(model, backend, threads, "p50_us")
+
+    def wcet_for_shape(self, model: str, backend: str, threads: int, key: str) -> Tuple[Optional[float], bool]:
+        """(WCET µs, scaled) for an input of shape ``key``: :func:`estimate_wcet_us` over the per-shape
+        WCETs, else (no shapes stored, or ``key`` ``""``) the entry's top-level WCET, unscaled; (None,
+        False) without an entry."""
+        w, scaled = estimate_wcet_us(self.wcet_by_shape(model, backend, threads), key)
+        return (w, scaled) if w is not None else (self.wcet_us(model, backend, threads), False)
+
+    def p50_for_shape(self, model: str, backend: str, threads: int, key: str) -> Tuple[Optional[float], bool]:
+        """As :meth:`wcet_for_shape`, for the median latency (scaled the same way)."""
+        v, scaled = estimate_wcet_us(self.p50_by_shape(model, backend, threads), key)
+        return (v, scaled) if v is not None else (self.p50_us(model, backend, threads), False)
+
+    def is_current(self, model: str, backend: str, threads: int, model_hash: str, dynamic: bool = False) -> bool:
+        """True if an entry exists and was measured on this exact model; with ``dynamic`` (pass
+        ``entry.is_dynamic``) it must also hold per-shape numbers: an entry a dynamic model got before
+        shapes were measured holds one shape (dynamic dimensions 1) and is measured again."""
+        e = self.get(model, backend, threads)
+        if not e or e.get("model_hash") != model_hash:
+            return False
+        return not dynamic or bool(self.shapes(model, backend, threads))
 
 
 def _read_store(path: Path) -> Dict[str, Any]:
@@ -352,20 +577,50 @@ def _fmt(v: Any, nd: int = 0) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
-def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    head = (f"{'model':<8} {'backend':<7} {'thr':>3} {'gap ms':>6} {'load ms':>8} {'WCET us':>9} {'p50':>8} {'p95':>8} "
-            f"{'p99':>8} {'mean':>8} {'stdev':>7} {'RSS+ MB':>8} {'acc':>6} {'F1':>6}")
-    lines = [head, "-" * len(head)]
+def _table_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per result, or per shape for a dynamic model (model-level columns repeated, accuracy on
+    the shape it was measured on, ``*`` marking the shape whose numbers are the entry's top level)."""
+    out: List[Dict[str, Any]] = []
     for r in sorted(rows, key=lambda r: (r["model"], r["backend"], r["threads"])):
+        shapes = r.get("shapes")
+        if not isinstance(shapes, dict) or not shapes:
+            out.append(dict(r, _shape="-"))
+            continue
+        measured_acc = [k for k, v in shapes.items() if isinstance(v, dict) and v.get("source") == "validation"]
+        for k in sorted(shapes, key=lambda k: (key_elements(k), k)):
+            v = shapes[k]
+            if not isinstance(v, dict):
+                continue
+            row = dict(r, **{f: v.get(f) for f in ("wcet_us", "p50_us", "p95_us", "p99_us", "mean_us", "stdev_us")})
+            row["_shape"] = k + ("*" if k == r.get("shape") else "")
+            if k not in measured_acc[:1]:
+                row["accuracy"] = row["macro_f1"] = None
+            out.append(row)
+    return out
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """The profile as a table: one row per model x backend x threads, one per shape for a dynamic model."""
+    table = _table_rows(rows)
+    mw = max([8, *(len(str(r["model"])) for r in table)])
+    sw = max([5, *(len(r["_shape"]) for r in table)])
+    head = (f"{'model':<{mw}} {'backend':<7} {'thr':>3} {'shape':<{sw}} {'gap ms':>6} {'load ms':>8} {'WCET us':>9} "
+            f"{'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'stdev':>7} {'RSS+ MB':>8} {'acc':>6} {'F1':>6}")
+    lines = [head, "-" * len(head)]
+    for r in table:
         rss = r.get("peak_rss_increase_kb")
         lines.append(
-            f"{r['model']:<8} {r['backend']:<7} {r['threads']:>3} {_fmt(float(r.get('gap_ms') or 0), 0):>6} "
-            f"{_fmt(r['load_ms'], 1):>8} "
-            f"{_fmt(r['wcet_us'], 1):>9} "
-            f"{_fmt(r['p50_us'], 1):>8} {_fmt(r['p95_us'], 1):>8} {_fmt(r['p99_us'], 1):>8} {_fmt(r['mean_us'], 1):>8} "
-            f"{_fmt(r['stdev_us'], 1):>7} {_fmt(rss / 1024 if rss is not None else None, 1):>8} "
+            f"{r['model']:<{mw}} {r['backend']:<7} {r['threads']:>3} {r['_shape']:<{sw}} "
+            f"{_fmt(float(r.get('gap_ms') or 0), 0):>6} "
+            f"{_fmt(r.get('load_ms'), 1):>8} "
+            f"{_fmt(r.get('wcet_us'), 1):>9} "
+            f"{_fmt(r.get('p50_us'), 1):>8} {_fmt(r.get('p95_us'), 1):>8} {_fmt(r.get('p99_us'), 1):>8} "
+            f"{_fmt(r.get('mean_us'), 1):>8} "
+            f"{_fmt(r.get('stdev_us'), 1):>7} {_fmt(rss / 1024 if rss is not None else None, 1):>8} "
             f"{_fmt(r.get('accuracy'), 3):>6} {_fmt(r.get('macro_f1'), 3):>6}"
         )
+    if any(r["_shape"].endswith("*") for r in table):
+        lines.append("* the shape whose numbers are the model's top-level WCET (the largest measured)")
     return "\n".join(lines)
 
 
@@ -453,7 +708,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     progress(f"profiling {', '.join(models)}; warm-up {args.warmup} runs per model (excluded), "
-             f"{args.repeats} passes over each validation set")
+             f"{args.repeats} passes over each validation set (a dynamic model: per shape)")
     if args.gap_ms < 0 or (args.max_inputs is not None and args.max_inputs < 1):
         raise EdgedError(f"--gap-ms must be >= 0 and --max-inputs >= 1 (got {args.gap_ms}, {args.max_inputs})")
     results = run_profile(cat, models, split_csv(args.backend), threads, args.repeats, args.warmup, progress,
