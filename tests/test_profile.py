@@ -196,3 +196,24 @@ def test_real_sigterm_interrupts_profiling_in_a_subprocess():
     assert "INTERRUPTED profiling cnn stopped in pass" in out
     after_signal = float(out.split("AFTER_SIGNAL_S", 1)[1].split()[0])
     assert after_signal < 1.0  # from the handler running to profile_one raising
+
+
+def test_models_with_several_inputs_and_outputs_are_profiled(tmp_path):
+    """A 3-input stateful model (no validation set) and a 2-output classifier: each input timed as the
+    daemon runs it (every input by name), a static entry as always, accuracy from the classifier output."""
+    import numpy as np
+
+    from . import modelgen as g
+
+    root = tmp_path / "models"
+    g.write_model(root, "vad", g.STATEFUL_MANIFEST, {"onnx": ("model.onnx", g.onnx_stateful())})
+    x = np.random.default_rng(3).standard_normal((40, 6)).astype(np.float32)
+    g.write_model(root, "two", g.TWO_OUTPUT_MANIFEST, {"onnx": ("model.onnx", g.onnx_two_outputs())},
+                  validation={"x": x, "y": np.zeros(40, np.int64)})
+    p = run_edged(["profile", "--models-dir", str(root), "--model", "vad,two", "--backend", "onnx", "--repeats", "1",
+                   "--warmup", "2", "--state-dir", str(tmp_path / "s"), "--json"], check=True)
+    rows = {r["model"]: r for r in json.loads(p.stdout)["results"]}
+    assert rows["vad"]["runs"] == 256 and rows["vad"]["accuracy"] is None and "shapes" not in rows["vad"]
+    assert rows["two"]["runs"] == 40 and 0 <= rows["two"]["accuracy"] <= 1 and "shapes" not in rows["two"]
+    for r in rows.values():
+        assert r["wcet_us"] >= r["p50_us"] > 0
