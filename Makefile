@@ -6,10 +6,10 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 LEGACY ?= .venv-legacy
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-legacy venv lint bench models install-service clean
+.PHONY: help run test test-legacy test-arm64 test-systemd venv lint bench models install-service clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(VENV)/.stamp: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ $(LEGACY)/.stamp: setup.cfg pyproject.toml
 
 test-legacy: $(LEGACY)/.stamp  ## runtime tests with tflite-runtime (numpy<2) instead of ai-edge-litert
 	$(LEGACY)/bin/python -m pytest -q tests/test_runtime.py tests/test_models.py $(PYTEST_ARGS)
+
+test-arm64:  ## the suite on an arm64 Pi OS-like userspace (Bookworm, qemu, Pi 4 cpuinfo) + daemon RSS (root)
+	tests/platform/arm64.sh
+
+test-systemd:  ## edged.service under a real systemd (nspawn): install, notify, watchdog, logs, fog (root)
+	tests/platform/systemd.sh
 
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -480,7 +480,7 @@ def parse_since(text: str, now: Optional[float] = None) -> float:
 
 def resolve_log(which: str, directory: Optional[str]) -> Tuple[Path, str]:
     """(path, kind) for the positional ``decisions``/``power``/FILE/DIR and ``--dir``."""
-    base = Path(directory).expanduser() if directory else default_log_dir()
+    base = Path(directory).expanduser() if directory else _default_dir(which)
     if which in ("decisions", "power"):
         _require_access(base)
         return base / f"{which}.jsonl", which
@@ -490,6 +490,30 @@ def resolve_log(which: str, directory: Optional[str]) -> Tuple[Path, str]:
         return p / "decisions.jsonl", "decisions"
     _require_access(p.parent)
     return p, "power" if p.name.startswith("power") else "decisions"
+
+
+#: where edged.service writes (LogsDirectory=edged)
+SERVICE_LOG_DIR = Path("/var/log/edged")
+
+
+def _default_dir(which: str) -> Path:
+    """:func:`default_log_dir`, except that a directory holding this log wins over one that does not.
+
+    ``~/.local/state/edged/logs`` comes first, but an empty one (``sudo edged check-config`` creates
+    root's) must not hide the service's logs: ``sudo edged tail`` then read nothing. With
+    ``$LOGS_DIRECTORY`` (inside the service) that directory is used as it is.
+    """
+    base = default_log_dir()
+    if os.environ.get("LOGS_DIRECTORY") or which not in ("decisions", "power"):
+        return base
+    user = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edged" / "logs"
+    for cand in (user, SERVICE_LOG_DIR):
+        try:
+            if any(cand.glob(f"{which}.jsonl*")):
+                return cand
+        except OSError:
+            continue
+    return base
 
 
 def _require_access(directory: Path) -> None:

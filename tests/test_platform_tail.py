@@ -121,3 +121,22 @@ def test_hint_for_a_member_whose_session_predates_the_group(monkeypatch: pytest.
     monkeypatch.setattr(os, "getgid", lambda: 1000)
     text = _hint()
     assert "log in again" in text and "newgrp edged-log" in text
+
+
+def test_default_dir_prefers_the_one_holding_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty ~/.local/state/edged/logs (sudo edged check-config creates root's) must not hide the
+    service's /var/log/edged from `sudo edged tail`."""
+    service = tmp_path / "var-log-edged"
+    service.mkdir()
+    (service / "decisions.jsonl").write_text('{"decision": "local"}\n')
+    (tmp_path / "state" / "edged" / "logs").mkdir(parents=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("LOGS_DIRECTORY", raising=False)
+    monkeypatch.setattr(tail_mod, "SERVICE_LOG_DIR", service)
+    assert tail_mod.resolve_log("decisions", None) == (service / "decisions.jsonl", "decisions")
+    # a user's own logs still come first when they exist
+    (tmp_path / "state" / "edged" / "logs" / "decisions.jsonl").write_text('{"decision": "local"}\n')
+    assert tail_mod.resolve_log("decisions", None)[0] == tmp_path / "state" / "edged" / "logs" / "decisions.jsonl"
+    # inside the service, $LOGS_DIRECTORY is the answer
+    monkeypatch.setenv("LOGS_DIRECTORY", str(service))
+    assert tail_mod.resolve_log("power", None) == (service / "power.jsonl", "power")

@@ -103,7 +103,7 @@ def test_unit_settings_the_daemon_relies_on() -> None:
                  "RestartPreventExitStatus=78",
                  "ProtectSystem=strict", "NoNewPrivileges=yes", "DevicePolicy=closed", "DeviceAllow=char-ttyUSB rw",
                  "DeviceAllow=char-ttyACM rw", "DeviceAllow=/dev/i2c-1 rw", "SupplementaryGroups=dialout i2c",
-                 "ExecStartPre=/opt/edged/bin/edged check-config /etc/edged/edged.toml",
+                 "ExecStartPre=-/opt/edged/bin/edged check-config /etc/edged/edged.toml",
                  "ExecStart=/opt/edged/bin/edged run --config /etc/edged/edged.toml",
                  "ExecReload=/bin/kill -HUP $MAINPID", "MemoryDenyWriteExecute=no"):
         assert re.search(rf"^{re.escape(line)}$", edge, re.M), line
