@@ -254,11 +254,18 @@ class Daemon:
         self._router_thread.start()
         specs = {n: m.entry.input for n, m in self.models.items()}
         self.sources = self._build_sources(specs)
-        for src in self.sources:
-            src.on_rejected = self.dispatcher.record_rejection
-            # binds and opens now: a bind failure raises (exit non-zero, no READY), and a serial port is
-            # opened (and flushed by pyserial) before READY, so nothing sent after READY is lost
-            src.open()
+        opened: List[Any] = []
+        try:
+            for src in self.sources:
+                src.on_rejected = self.dispatcher.record_rejection
+                # binds and opens now: a bind failure raises (exit non-zero, no READY), and a serial port is
+                # opened (and flushed by pyserial) before READY, so nothing sent after READY is lost
+                src.open()
+                opened.append(src)
+        except Exception:
+            for src in opened:
+                src.close()
+            raise
         for src in self.sources:
             self._source_threads.append(src.start(self._sink, self._sources_stop))
         self.ready_after_s = time.monotonic() - self.started_mono
@@ -455,6 +462,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, default=None,
                    help="TOML config (default: built-in defaults: ZeroMQ source on tcp://*:5555, fog on loopback)")
     p.add_argument("--log-dir", type=Path, default=None, help="override logs.dir")
+    p.add_argument("--models-dir", type=Path, action="append", default=None, metavar="DIR",
+                   help="extra models directory (repeatable), added to models.dirs")
     p.add_argument("--state-dir", type=Path, default=None, help="override daemon.state_dir")
     p.add_argument("--max-inputs", type=int, default=None, help="stop after this many decisions (0 = never)")
 
@@ -477,6 +486,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.log_dir is not None:
         cfg = dataclasses.replace(cfg, logs=dataclasses.replace(cfg.logs, dir=str(args.log_dir)))
+    if args.models_dir:
+        missing = [str(d) for d in args.models_dir if not d.is_dir()]
+        if missing:
+            raise ConfigError(f"--models-dir {', '.join(missing)}: expected an existing directory")
+        cfg = dataclasses.replace(cfg, models=dataclasses.replace(
+            cfg.models, dirs=tuple(cfg.models.dirs) + tuple(str(d) for d in args.models_dir)))
     if args.state_dir is not None:
         cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, state_dir=str(args.state_dir)))
     if args.max_inputs is not None:

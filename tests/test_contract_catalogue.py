@@ -184,3 +184,34 @@ def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad,
                    .replace(f'[models]\ndirs = ["{with_bad}"]\n[models]\n', f'[models]\ndirs = ["{with_bad}"]\n'))
     named = run_edged(["run", "--config", str(cfg)])
     assert named.returncode != 0 and "tampered" in named.stderr and "cannot be served" in named.stderr, named.stderr
+
+
+def test_run_models_dir_flag_adds_a_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+    from .test_daemon import free_port, write_config
+
+    extra = tmp_path / "more"
+    shutil.copytree(MODELS / "mlp", extra / "mlp2")
+    m = json.loads((extra / "mlp2" / "manifest.json").read_text())
+    m["name"] = "mlp2"
+    (extra / "mlp2" / "manifest.json").write_text(json.dumps(m))
+    cfg = write_config(tmp_path, free_port())
+    cfg.write_text(cfg.read_text().replace("[daemon]", "[daemon]\nprofile_on_start = false"))
+    p = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg), "--models-dir", str(extra)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
+    try:
+        out = ""
+        assert p.stdout is not None
+        for line in p.stdout:
+            out += line
+            if "ready in" in line:
+                break
+        assert "models cnn, cnn_int8, mlp, mlp2;" in out, out
+    finally:
+        p.terminate()
+        p.communicate(timeout=30)
+    bad = run_edged(["run", "--config", str(cfg), "--models-dir", str(tmp_path / "nope")])
+    assert bad.returncode == 78 and "nope: expected an existing directory" in bad.stderr
