@@ -75,7 +75,7 @@ class Broker:
             lines += [f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}"]
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def start(self, timeout_s: float = 10.0) -> "Broker":
+    def start(self, timeout_s: float = 10.0) -> Broker:
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -122,14 +122,15 @@ class Broker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-@pytest.fixture
-def broker(tmp_path: Path):
+@pytest.fixture(name="broker")
+def broker_fixture(tmp_path: Path):
+    """A running broker (anonymous ``port``; ``auth_port`` for user ``edge`` / ``s3cret``), stopped after the test."""
     with Broker(tmp_path / "mosquitto", users={"edge": "s3cret"}) as b:
         yield b
