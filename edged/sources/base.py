@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +15,17 @@ from edged.runtime.base import TensorSpec
 from edged.sources.framing import FrameError
 from edged.sources.sample import Sample
 from edged.sources.stats import SourceStats
-from edged.sources.validate import HeaderInfo, describe_rejected, make_sample
+from edged.sources.validate import (
+    HeaderInfo,
+    ModelContract,
+    check_header,
+    describe_rejected,
+    inputs_from_body,
+    inputs_from_frames,
+    inputs_from_json,
+    make_sample,
+    model_contract,
+)
 
 log = logging.getLogger("edged.sources")
 
@@ -67,14 +77,24 @@ class Source(abc.ABC):
     (and reported to :attr:`on_rejected` when attributable); unexpected errors are
     logged and counted in ``stats.errors``.
 
+    Args:
+        specs: model name -> the model's contract: a catalogue ``ModelEntry`` (every input;
+            what the daemon passes), a ``LoadedModel`` (the same, plus a quantised input's
+            integer dtype if it has ``accepted_dtypes(input)``), or a bare ``TensorSpec`` of
+            the one input (v1 form, kept for tests and old callers).
+        name: source name in stats and logs.
+
     Attributes:
+        contracts: model name -> :class:`~edged.sources.validate.ModelContract` (every input).
+        specs: model name -> the primary input's spec (batch dimension first), what v1 checks use.
         on_rejected: called (from the source's thread) with a :class:`Rejection` for every
             refused input whose header named a model in ``specs``; an exception it raises
             is contained and counted in ``stats.errors``.
     """
 
-    def __init__(self, specs: Mapping[str, TensorSpec], name: str) -> None:
-        self.specs: Dict[str, TensorSpec] = dict(specs)
+    def __init__(self, specs: Mapping[str, Any], name: str) -> None:
+        self.contracts: Dict[str, ModelContract] = {str(n): model_contract(str(n), m) for n, m in specs.items()}
+        self.specs: Dict[str, TensorSpec] = {n: c.spec for n, c in self.contracts.items()}
         self.name = name
         self.stats = SourceStats(name)
         self.on_rejected: Optional[Callable[[Rejection], None]] = None
@@ -127,7 +147,8 @@ class Source(abc.ABC):
         self._local_seq[model] = seq + 1
         return seq
 
-    def make_sample(self, info: HeaderInfo, arr: np.ndarray, t_arrival: Optional[float]) -> Sample:
+    def make_sample(self, info: HeaderInfo, arr: np.ndarray, t_arrival: Optional[float],
+                    feeds: Optional[Dict[str, np.ndarray]] = None) -> Sample:
         """The Sample of a fully validated input: numbered (the sender's ``seq``, tracked for gaps,
         or the source's own counter), so only valid inputs touch the sequence state."""
         seq = info.seq
@@ -135,7 +156,51 @@ class Source(abc.ABC):
             seq = self.next_local_seq(info.model)
         else:
             self.stats.track_seq((info.sender or "", info.model), seq)
-        return make_sample(info, seq, arr, self.name, t_arrival)
+        return make_sample(info, seq, arr, self.name, t_arrival, feeds)
+
+    # ------------------------------------------------------------------ message forms (v1 and v2)
+
+    def sample_from_frames(self, header: Dict[str, Any], payloads: Sequence[bytes],
+                           t_arrival: Optional[float]) -> Sample:
+        """A parsed header and its payload frames (ZeroMQ): v1 one payload, v2 one per ``tensors`` entry.
+
+        Raises :class:`FrameError` (carrying ``header`` for attribution) on any refusal.
+        """
+        try:
+            info = check_header(self.specs, header)
+            arr, feeds = inputs_from_frames(self.contracts[info.model], info, header, payloads)
+        except FrameError as err:
+            if err.header is None:
+                err.header = header
+            raise
+        return self.make_sample(info, arr, t_arrival, feeds)
+
+    def sample_from_body(self, header: Dict[str, Any], body: bytes, t_arrival: Optional[float]) -> Sample:
+        """A parsed header and its payload bytes (COBS frame, MQTT binary): v1 one array, v2 the
+        ``tensors`` back to back. Raises :class:`FrameError` (carrying ``header``)."""
+        try:
+            info = check_header(self.specs, header)
+            arr, feeds = inputs_from_body(self.contracts[info.model], info, header, body)
+        except FrameError as err:
+            if err.header is None:
+                err.header = header
+            raise
+        return self.make_sample(info, arr, t_arrival, feeds)
+
+    def sample_from_json(self, msg: Any, t_arrival: Optional[float]) -> Sample:
+        """A parsed one-frame JSON message: an object with ``model`` and ``data`` (one input) or ``inputs``
+        (input name -> values). Raises :class:`FrameError` (carrying the message as header)."""
+        if not isinstance(msg, dict) or ("data" not in msg and "inputs" not in msg):
+            raise FrameError("bad_header", "a JSON message must be an object with 'model' and 'data' "
+                                           "(one input) or 'inputs' (input name -> values)")
+        try:
+            info = check_header(self.specs, msg)
+            arr, feeds = inputs_from_json(self.contracts[info.model], info, msg)
+        except FrameError as err:
+            if err.header is None:
+                err.header = msg
+            raise
+        return self.make_sample(info, arr, t_arrival, feeds)
 
     def deliver(self, sample: Sample, sink: Sink) -> bool:
         """Hand a validated sample to ``sink``; count it as accepted or refused downstream."""

@@ -10,12 +10,11 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from edged.errors import InputError
-from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
 from edged.sources.framing import FrameError
 from edged.sources.validate import sample_from_values
@@ -53,8 +52,8 @@ class ReplaySource(Source):
     """Replays rows of a dataset as samples of one model.
 
     Args:
-        specs: model name -> input spec.
-        model: model every row is for.
+        specs: model name -> ``ModelEntry``, ``LoadedModel`` or ``TensorSpec`` (see :class:`Source`).
+        model: model every row is for (one with a single data input: a row is one input).
         path_or_arrays: ``.npz``/``.npy``/``.csv`` path or an array (rows = inputs).
         rate_hz: inputs per second (None or 0 = as fast as the sink takes them).
         count: stop after this many inputs (None = one pass, or forever with ``loop``).
@@ -64,7 +63,7 @@ class ReplaySource(Source):
 
     def __init__(
         self,
-        specs: Mapping[str, TensorSpec],
+        specs: Mapping[str, Any],
         model: str,
         path_or_arrays: PathOrArray,
         rate_hz: Optional[float] = None,
@@ -75,6 +74,10 @@ class ReplaySource(Source):
         super().__init__(specs, name)
         if model not in self.specs:
             raise InputError(f"replay: unknown model {model!r}; known: {sorted(self.specs)}")
+        if not self.contracts[model].v1:
+            c = self.contracts[model]
+            raise InputError(f"replay: model {model!r} takes data inputs {', '.join(map(repr, c.data_names))}; "
+                             "replay feeds one input per row (send several with edged sim, protocol v2)")
         self.model = model
         self.rows = load_inputs(path_or_arrays)
         if len(self.rows) == 0:

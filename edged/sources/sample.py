@@ -26,6 +26,11 @@ class Sample:
         meta: the header fields edged does not interpret (bounded: at most 16 keys of at
             most 64 bytes, JSON scalar values, strings at most 256 bytes; see docs/protocol.md).
         sender: the header's ``sender`` (a string of at most 128 UTF-8 bytes), if it sent one.
+        feeds: every input the message carried, by input name (no batch axis, canonical layout,
+            validated), when it carried more than the primary input (wire protocol v2); else None,
+            and ``array`` is the whole input. ``array`` is always ``feeds[primary]`` when both are set.
+            A state input is here only if the sender sent it explicitly (it then wins over the
+            state edged keeps for that sender).
     """
 
     model: str
@@ -38,8 +43,11 @@ class Sample:
     deadline_ms: Optional[float] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     sender: Optional[str] = None
+    feeds: Optional[Dict[str, np.ndarray]] = None
 
     @property
     def nbytes(self) -> int:
-        """Payload size in bytes (what a transfer to the fog node carries)."""
-        return int(self.array.nbytes)
+        """Payload size in bytes (what a transfer to the fog node carries): every input the message carried."""
+        if self.feeds is None:
+            return int(self.array.nbytes)
+        return sum(int(a.nbytes) for a in self.feeds.values())

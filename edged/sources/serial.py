@@ -16,7 +16,6 @@ import threading
 from typing import Any, Mapping, Optional, Union
 
 from edged.errors import SourceError
-from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
 from edged.sources.framing import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -29,7 +28,7 @@ from edged.sources.framing import (
 )
 from edged.sources.sample import Sample
 from edged.sources.stats import OutageLog
-from edged.sources.validate import HeaderInfo, array_from_payload, array_from_values, check_header, known_model
+from edged.sources.validate import HeaderInfo, inputs_from_values, known_model
 
 log = logging.getLogger("edged.sources.serial")
 
@@ -74,9 +73,10 @@ class SerialSource(Source):
     """Serial port source.
 
     Args:
-        specs: model name -> input spec.
+        specs: model name -> ``ModelEntry`` (every input), ``LoadedModel`` or a v1 ``TensorSpec``.
         url: pyserial URL or device path.
-        framing: ``"lines"`` (text, one input per line) or ``"cobs"`` (binary frames).
+        framing: ``"lines"`` (text, one input per line: models with one data input only) or
+            ``"cobs"`` (binary frames; several named tensors with ``tensors`` in the header).
         baudrate: line rate (bit/s); ignored by ptys, ``loop://`` and ``socket://``.
         default_model: model for lines without a ``name:`` prefix (and COBS
             headers without ``model``); None = such inputs are ``unknown_model``.
@@ -86,7 +86,7 @@ class SerialSource(Source):
 
     def __init__(
         self,
-        specs: Mapping[str, TensorSpec],
+        specs: Mapping[str, Any],
         url: str,
         framing: str = "lines",
         baudrate: int = 115200,
@@ -251,17 +251,15 @@ class SerialSource(Source):
                 header, payload = parse_body(cobs_decode(segment))
                 if "model" not in header and self.default_model:
                     header["model"] = self.default_model
-                info = check_header(self.specs, header)
-                arr = array_from_payload(info.spec, info.model, header, payload)
             except FrameError as err:
                 if err.header is None:
                     err.header = header
                 raise
-            return self.make_sample(info, arr, None)
+            return self.sample_from_body(header, payload, None)
         name, values = parse_line(segment)
         name = name or self.default_model
         if name is None:
             raise FrameError("unknown_model", "line has no 'name:' prefix and the source has no default model")
         spec = known_model(self.specs, name)
-        arr = array_from_values(spec, name, values)
+        arr = inputs_from_values(self.contracts[name], values)
         return self.make_sample(HeaderInfo(name, spec, None, None, None, None, {}), arr, None)

@@ -1,10 +1,13 @@
-"""ZeroMQ source: a PULL socket receiving wire protocol v1 messages.
+"""ZeroMQ source: a PULL socket receiving wire protocol v1 and v2 messages.
 
-Two message forms (see ``docs/protocol.md``):
+Message forms (see ``docs/protocol.md``):
 
 * two frames ``[header JSON, payload]``: payload is the raw little-endian
-  C-order array;
-* one frame ``{"model": "mlp", "data": [...]}`` (JSON) for simple clients.
+  C-order array of the model's one data input (v1);
+* ``[header JSON, payload_1, ..., payload_n]`` with ``tensors`` in the header:
+  one frame per named input, in the order listed (v2, models with several inputs);
+* one frame ``{"model": "mlp", "data": [...]}`` or ``{"model": "vad", "inputs": {...}}``
+  (JSON) for simple clients.
 
 With a blocking sink (queue policy ``block``) ``run`` stops reading while the
 queue is full; ZeroMQ then queues up to ``rcvhwm`` messages per peer and
@@ -33,13 +36,7 @@ from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
 from edged.sources.framing import MAX_HEADER_BYTES, FrameError, parse_header_json, parse_json
 from edged.sources.sample import Sample
-from edged.sources.validate import (
-    MAX_SEQ,
-    _layout,
-    array_from_message,
-    array_from_payload,
-    check_header,
-)
+from edged.sources.validate import MAX_SEQ, MAX_TENSORS, _layout
 
 log = logging.getLogger("edged.sources.zmq")
 
@@ -79,7 +76,7 @@ class ZmqSource(Source):
     """PULL socket source.
 
     Args:
-        specs: model name -> input spec (canonical layout).
+        specs: model name -> ``ModelEntry`` (every input), ``LoadedModel`` or a v1 ``TensorSpec``.
         endpoint: ZeroMQ endpoint; ``tcp://*:5555`` binds all interfaces.
         bind: bind (default) or connect to ``endpoint``.
         rcvhwm: receive high-water mark (messages per peer) — the backpressure buffer.
@@ -91,7 +88,7 @@ class ZmqSource(Source):
 
     def __init__(
         self,
-        specs: Mapping[str, TensorSpec],
+        specs: Mapping[str, Any],
         endpoint: str = "tcp://*:5555",
         bind: bool = True,
         rcvhwm: int = 1000,
@@ -108,6 +105,9 @@ class ZmqSource(Source):
         self.bound_endpoint: Optional[str] = None
         self.ready = threading.Event()
         self._sock: Optional[zmq.Socket] = None
+        #: models the burst fast path may take: one data input of fixed shape (v1 two-frame messages)
+        self._fast_specs: Dict[str, TensorSpec] = {
+            n: c.spec for n, c in self.contracts.items() if c.v1 and all(c.spec.sample_shape)}
 
     def open_socket(self) -> zmq.Socket:
         """Create, configure and bind/connect the PULL socket (also sets ``bound_endpoint``)."""
@@ -260,7 +260,7 @@ class ZmqSource(Source):
         """
         fast: Dict[str, List[int]] = {}
         parsed: List[Optional[Tuple[Dict[str, Any], int]]] = [None] * len(burst)
-        specs = self.specs
+        specs = self._fast_specs
         max_bytes = self.max_msg_bytes
         try:  # never expected to raise; if it does, every message of the burst takes the general path
             for i, (frames, _) in enumerate(burst):
@@ -363,29 +363,25 @@ class ZmqSource(Source):
         it was parsed). Any other exception is converted to FrameError ``internal_error``.
 
         Order: frame count, message size (``oversize``), header / JSON (size, nesting, object),
-        then :func:`~edged.sources.validate.check_header` and the body checks.
+        then :func:`~edged.sources.validate.check_header`, the ``tensors`` (v2) and the body checks.
         """
         header: Optional[Dict[str, Any]] = None
         try:
-            if len(frames) not in (1, 2):
-                raise FrameError("bad_header",
-                                 f"message has {len(frames)} frames; expected 1 (JSON) or 2 (header+payload)")
+            if not 1 <= len(frames) <= 1 + MAX_TENSORS:
+                raise FrameError("bad_header", f"message has {len(frames)} frames; expected 1 (JSON), 2 "
+                                               f"(header+payload) or 1 + one per tensor (at most {1 + MAX_TENSORS})")
             size = sum(len(f) for f in frames)
             if size > self.max_msg_bytes:
                 raise FrameError("oversize", f"message of {size} bytes; limit {self.max_msg_bytes}",
                                  header=self._header_for_attribution(frames))
-            if len(frames) == 2:
+            t = time.monotonic() if t_arrival is None else t_arrival
+            if len(frames) >= 2:
                 header = parse_header_json(frames[0])
-                info = check_header(self.specs, header)
-                arr = array_from_payload(info.spec, info.model, header, frames[1])
-            else:
-                msg: Any = parse_json(frames[0], "one-frame message", "unparsable")
-                if not isinstance(msg, dict) or "data" not in msg:
-                    raise FrameError("bad_header", "one-frame message must be a JSON object with 'model' and 'data'")
-                header = msg
-                info = check_header(self.specs, msg)
-                arr = array_from_message(info, msg, msg["data"])
-            return self.make_sample(info, arr, time.monotonic() if t_arrival is None else t_arrival)
+                return self.sample_from_frames(header, frames[1:], t)
+            msg: Any = parse_json(frames[0], "one-frame message", "unparsable")
+            if isinstance(msg, dict) and ("data" in msg or "inputs" in msg):
+                header = msg  # attributes whatever goes wrong from here on
+            return self.sample_from_json(msg, t)
         except FrameError as err:
             if err.header is None:
                 err.header = header
@@ -395,8 +391,8 @@ class ZmqSource(Source):
 
     @staticmethod
     def _header_for_attribution(frames: List[bytes]) -> Optional[Dict[str, Any]]:
-        """The header of an oversize two-frame message, if it is itself small and parses (else None)."""
-        if len(frames) != 2 or len(frames[0]) > MAX_HEADER_BYTES:
+        """The header of an oversize multi-frame message, if it is itself small and parses (else None)."""
+        if len(frames) < 2 or len(frames[0]) > MAX_HEADER_BYTES:
             return None
         try:
             return parse_header_json(frames[0])
