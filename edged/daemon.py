@@ -132,7 +132,7 @@ class Daemon:
             self.models[name] = cat.load(name, backend, threads=self.cfg.models.threads)
         return cat
 
-    def _profile(self, cat: Any) -> Dict[str, Dict[str, float]]:
+    def _profile(self, cat: Any) -> Dict[str, Any]:
         """WCET and p50 per model from the stored profile, measuring what is missing first."""
         from edged.profile import load_profile, profile_one, store_results
 
@@ -140,7 +140,8 @@ class Daemon:
         prof = load_profile(sd)
         threads = self.cfg.models.threads
         missing = [n for n, m in self.models.items()
-                   if prof is None or not prof.is_current(n, m.backend_name, threads, m.entry.model_hash)]
+                   if prof is None or not prof.is_current(n, m.backend_name, threads, m.entry.model_hash,
+                                                          dynamic=m.entry.is_dynamic)]
         if missing and self.cfg.daemon.profile_on_start:
             rows = []
             for i, name in enumerate(missing, 1):
@@ -158,6 +159,8 @@ class Daemon:
                         "threshold decisions for them will run locally", ", ".join(missing))
         wcet: Dict[str, float] = {}
         p50: Dict[str, float] = {}
+        by_shape: Dict[str, Dict[str, float]] = {}
+        p50_by_shape: Dict[str, Dict[str, float]] = {}
         for name, m in self.models.items():
             if prof is None:
                 continue
@@ -167,7 +170,10 @@ class Daemon:
                 wcet[name] = w
             if p is not None:
                 p50[name] = p
-        return {"wcet": wcet, "p50": p50}
+            if m.entry.is_dynamic:  # WCET per input shape: the decision uses the input's own
+                by_shape[name] = prof.wcet_by_shape(name, m.backend_name, threads)
+                p50_by_shape[name] = prof.p50_by_shape(name, m.backend_name, threads)
+        return {"wcet": wcet, "p50": p50, "wcet_by_shape": by_shape, "p50_by_shape": p50_by_shape}
 
     def _power(self) -> Any:
         from edged.power.base import make_power_source
@@ -248,6 +254,7 @@ class Daemon:
             energy_fn=self.sampler.energy_mj if self.sampler else None,
             activity=tracker, power=power_model, breaker=breaker, local_exec_us=timing["p50"],
             probe_interval_s=cfg.fog.probe_interval_s,
+            wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"],
         )
         self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
         self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)

@@ -71,6 +71,8 @@ class _Job:
     t_sent: float = 0.0
     key: int = 0
     state_key: Optional[Tuple[str, str]] = None  # (sender, model) this job holds while it runs (stateful models)
+    shape: Optional[str] = None  # a dynamic model's input shape key (what its WCET was looked up by)
+    wcet_scaled: bool = False  # that shape was not profiled: its WCET is scaled from the nearest profiled one
 
 
 class Dispatcher:
@@ -104,6 +106,8 @@ class Dispatcher:
             record's raw model outputs (output name -> array, batch axis removed; ``None`` for an input without
             a result): what result sinks publish. Must not block.
         state: per-(sender, model) recurrent state for stateful models (a fresh :class:`StateStore` if None).
+        wcet_by_shape / p50_by_shape: a dynamic model's profile per input shape key (µs); an input's WCET is
+            that of its shape, or scaled by element count from the nearest profiled shape (flagged in the record).
     """
 
     def __init__(self, models: Mapping[str, Any], policies: Mapping[str, str], sink: Callable[[Dict[str, Any]], None],
@@ -118,7 +122,9 @@ class Dispatcher:
                  probe_pad_bytes: int = 4096, max_batch: int = 32,
                  sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
                  on_results: Optional[Callable[[List[Dict[str, Any]], Sequence[Optional[Outputs]]], None]] = None,
-                 state: Optional[StateStore] = None) -> None:
+                 state: Optional[StateStore] = None,
+                 wcet_by_shape: Optional[Mapping[str, Mapping[str, float]]] = None,
+                 p50_by_shape: Optional[Mapping[str, Mapping[str, float]]] = None) -> None:
         if objective not in ("latency", "energy"):
             raise ConfigError(f"objective {objective!r}: expected latency or energy")
         if local_workers < 1 or max_local_queue < 1:
@@ -164,6 +170,9 @@ class Dispatcher:
         #: through run() with every input and output; they stay local until the fog protocol carries them all.
         self._simple = {n: e is None or (len(e.inputs) == 1 and len(e.outputs) == 1 and not e.stateful)
                         for n, e in self._entries.items()}
+        self._dynamic = {n: e is not None and bool(e.is_dynamic) for n, e in self._entries.items()}
+        self.wcet_by_shape = {k: dict(v) for k, v in (wcet_by_shape or {}).items()}
+        self.p50_by_shape = {k: dict(v) for k, v in (p50_by_shape or {}).items()}
         self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
         self._reply_bytes: Dict[str, int] = {}
         self._cv = threading.Condition()
@@ -251,7 +260,14 @@ class Dispatcher:
     def _decide(self, job: _Job, backlog_base_us: Optional[float] = None) -> None:
         sample = job.sample
         try:
-            job.inputs = self._inputs(sample, backlog_base_us)
+            wcet = local_exec = None
+            if self._dynamic.get(sample.model):  # the WCET of this input's shape, not of the model
+                from edged.profile import estimate_wcet_us
+
+                job.shape = self._entries[sample.model].shape_key(getattr(sample, "feeds", None) or sample.array)
+                wcet, job.wcet_scaled = estimate_wcet_us(self.wcet_by_shape.get(sample.model, {}), job.shape)
+                local_exec, _ = estimate_wcet_us(self.p50_by_shape.get(sample.model, {}), job.shape)
+            job.inputs = self._inputs(sample, backlog_base_us, wcet, local_exec)
             job.decision = decide(job.policy, job.inputs)
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
@@ -386,7 +402,10 @@ class Dispatcher:
             busy = sum(max(0.0, est - (now - t0) * 1e6) for t0, est in self._busy.values())
             return self._queued_us + busy
 
-    def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None) -> DecisionInputs:
+    def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None, wcet_us: Optional[float] = None,
+                local_exec_us: Optional[float] = None) -> DecisionInputs:
+        """The numbers one decision is made from. ``wcet_us``/``local_exec_us`` override the model's (a dynamic
+        model's values for this input's shape)."""
         model = sample.model
         fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
         t_l_in = t_l_out = t_f = None
@@ -402,7 +421,8 @@ class Dispatcher:
             deadline_us = float(sample.deadline_ms) * 1000.0 - (self.clock() - sample.t_arrival) * 1e6
         p = self.power
         return DecisionInputs(
-            wcet_us=_r(self.wcet_us.get(model)), local_exec_us=_r(self.local.exec_us(model)),
+            wcet_us=_r(wcet_us if wcet_us is not None else self.wcet_us.get(model)),
+            local_exec_us=_r(local_exec_us if local_exec_us is not None else self.local.exec_us(model)),
             local_queue_us=_r(self._local_backlog_us(backlog_base_us)) or 0.0,
             t_l_in_us=_r(t_l_in), t_l_out_us=_r(t_l_out),
             t_f_us=_r(t_f), fog_queue_us=_r(fog_queue), fog_up=fog_up, deadline_us=_r(deadline_us),
@@ -549,7 +569,9 @@ class Dispatcher:
         model = first.sample.model
         if not self._simple.get(model, True):  # several tensors or state: one input at a time, in order
             return batch
-        while self._queue and len(batch) < self.max_batch and self._queue[0].sample.model == model:
+        shape = first.sample.array.shape if self._dynamic.get(model) else None  # only equal shapes stack
+        while (self._queue and len(batch) < self.max_batch and self._queue[0].sample.model == model
+               and (shape is None or self._queue[0].sample.array.shape == shape)):
             batch.append(self._queue.popleft())
         return batch
 
@@ -707,6 +729,9 @@ class Dispatcher:
             rec["meta"] = meta
         if summary is not None:  # every output's summary, for models whose result is more than one classifier
             rec["outputs"] = summary
+        if job.shape is not None:
+            rec["shape"] = job.shape
+            rec["wcet_scaled"] = job.wcet_scaled
         if i.objective == "energy":
             rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
                        expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
@@ -787,11 +812,12 @@ class Dispatcher:
         entry = self._entries.get(model)
         if entry is None:
             return None, {k: _summary_fallback(v) for k, v in outputs.items()}
+        # the summaries take a batch of one (their leading axis of 1 is dropped); ``outputs`` are rows
         if self._simple.get(model, True):
             o = entry.outputs[0]
-            s = summarize_output(next(iter(outputs.values())), o)
+            s = summarize_output(next(iter(outputs.values()))[np.newaxis], o)
             return (s, None) if o.is_classifier else (None, {o.name: s})
-        summary = summarize(entry, outputs)
+        summary = summarize(entry, {k: v[np.newaxis] for k, v in outputs.items()})
         return primary_summary(entry, summary), summary
 
     # ---- helpers -------------------------------------------------------------------------------
