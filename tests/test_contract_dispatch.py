@@ -141,3 +141,43 @@ def test_offloaded_multi_tensor_and_stateful_models_equal_the_runtime_and_state_
             h = ref["h_out"]
     for m in models.values():
         m.close()
+
+
+@pytest.mark.timeout(120)
+def test_int8_cnn_local_and_offloaded_equal_a_direct_litert_call():
+    """The full-integer int8 cnn: float inputs are quantised with the tensor's scale and zero point, the
+    output dequantised, the same on the edge and on the fog, and equal to a direct LiteRT call."""
+    pytest.importorskip("ai_edge_litert", reason="the int8 cnn needs LiteRT")
+    from edged.offload.fog_client import ZmqFogBackend
+    from edged.runtime import backend_class
+
+    from .test_offload_fog import FogProcess
+
+    cat = Catalogue.discover()
+    entry = cat.get("cnn_int8")
+    xs = np.load(entry.dir / "validation.npz")["x"][:6].astype(np.float32)
+    direct = backend_class("litert")()
+    direct.load(str(entry.dir / "model.tflite"))
+    ref = [direct.infer_named({direct.input_spec.name: x[None]}) for x in xs]
+    fog = FogProcess("--model", "cnn_int8")
+    backend = ZmqFogBackend(fog.endpoint)
+    out: List[tuple] = []
+    try:
+        for policy in ("local", "offload"):
+            d = Dispatcher({"cnn_int8": cat.load("cnn_int8", "litert")}, {"*": policy}, lambda r: None,
+                           fog=backend, fog_timeout_s=5.0, on_results=lambda recs, outs: out.extend(zip(recs, outs)))
+            deadline = time.monotonic() + 10
+            while policy == "offload" and d.link.t_f_us("cnn_int8") is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for i, x in enumerate(xs):
+                d.submit(Sample(model="cnn_int8", seq=i, array=x))
+            assert d.close(20)
+    finally:
+        backend.close()
+        fog.stop()
+    assert [r["decision"] for r, _ in out] == ["local"] * 6 + ["offload"] * 6
+    name = entry.outputs[0].name
+    for rec, outs in out:
+        want = next(iter(ref[rec["seq"]].values()))[0]
+        np.testing.assert_allclose(outs[name], want, rtol=1e-6)
+        assert outs[name].dtype == np.float32 and rec["result"]["label"] == int(np.argmax(want))
