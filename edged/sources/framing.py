@@ -1,4 +1,4 @@
-"""Wire protocol v1 framing: COBS codec, CRC-32 frames, line splitting.
+"""Wire protocol framing (v1 and v2): COBS codec, CRC-32 frames, line splitting, v2 tensor encoders.
 
 Pure functions and small stateful deframers, no I/O, so every transport
 (serial, pty, socket, tests) shares exactly the same byte handling.
@@ -16,7 +16,7 @@ import json
 import re
 import struct
 import zlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 #: Smallest decoded COBS body: u16 header length + u32 CRC (bytes).
 MIN_BODY_BYTES = 6
@@ -119,6 +119,42 @@ def build_body(header: Dict[str, Any], payload: bytes = b"") -> bytes:
 def build_cobs_frame(header: Dict[str, Any], payload: bytes = b"") -> bytes:
     """A complete wire frame: ``0x00 | COBS(body) | 0x00`` (bytes)."""
     return b"\x00" + cobs_encode(build_body(header, payload)) + b"\x00"
+
+
+def tensor_entries(tensors: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], List[bytes]]:
+    """Wire protocol v2, sender side: the header's ``tensors`` list and each tensor's payload bytes.
+
+    ``tensors`` maps input names to arrays of ONE sample (no batch axis); each becomes
+    ``{"name", "dtype", "shape"}`` (numpy dtype name, e.g. ``"float32"``) and its raw
+    little-endian C-order bytes, in the mapping's order.
+    """
+    import numpy as np  # only senders call this
+
+    entries: List[Dict[str, Any]] = []
+    payloads: List[bytes] = []
+    for name, value in tensors.items():
+        arr = np.asarray(value)
+        entries.append({"name": str(name), "dtype": arr.dtype.name, "shape": [int(d) for d in arr.shape]})
+        payloads.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    return entries, payloads
+
+
+def build_tensor_frames(header: Dict[str, Any], tensors: Mapping[str, Any]) -> List[bytes]:
+    """A v2 ZeroMQ message: ``[header JSON with "tensors", one frame per tensor]`` (see :func:`tensor_entries`)."""
+    entries, payloads = tensor_entries(tensors)
+    head = json.dumps(dict(header, tensors=entries), separators=(",", ":")).encode("utf-8")
+    return [head, *payloads]
+
+
+def build_tensor_body(header: Dict[str, Any], tensors: Mapping[str, Any]) -> bytes:
+    """A v2 decoded COBS body: the header with ``tensors``, then the tensors back to back, then the CRC."""
+    entries, payloads = tensor_entries(tensors)
+    return build_body(dict(header, tensors=entries), b"".join(payloads))
+
+
+def build_tensor_cobs_frame(header: Dict[str, Any], tensors: Mapping[str, Any]) -> bytes:
+    """A complete v2 serial frame ``0x00 | COBS(body) | 0x00`` carrying several named tensors."""
+    return b"\x00" + cobs_encode(build_tensor_body(header, tensors)) + b"\x00"
 
 
 def parse_body(body: bytes) -> Tuple[Dict[str, Any], bytes]:
