@@ -183,6 +183,12 @@ else
         --no-create-home --shell "$NOLOGIN" --comment "edged daemon" edged
 fi
 
+# Logs written before the group existed (DynamicUser=yes, UMask=0077) are 0600: let the group read
+# them. systemd moves /var/log/private/edged back to /var/log/edged and chowns it on the next start.
+if [ -d "$ROOT/var/log/edged/" ]; then
+    run chmod -R g+rX "$ROOT/var/log/edged/"
+fi
+
 # --- units and logrotate -------------------------------------------------------------------------
 run install -d -m 0755 "$UNIT_DIR"
 run install -m 0644 "$SRC_DIR/systemd/edged.service" "$UNIT_DIR/edged.service"

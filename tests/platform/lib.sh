@@ -38,8 +38,10 @@ need_tools() {
     command -v apt-get >/dev/null 2>&1 || skip "missing$missing_pkgs and no apt-get to install them"
     say "installing$missing_pkgs"
     export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086  # a list of package names
     if ! apt-get install -y -qq --no-install-recommends $missing_pkgs >/dev/null 2>&1; then
         apt-get update -qq >/dev/null 2>&1 || true
+        # shellcheck disable=SC2086
         apt-get install -y -qq --no-install-recommends $missing_pkgs >/dev/null 2>&1 \
             || skip "could not apt-get install$missing_pkgs"
     fi
@@ -59,16 +61,17 @@ debian_mirror() {
     echo "${url:-http://deb.debian.org/debian}"
 }
 
-# compressor: zstd when present (fast), else gzip
-_tar_compress() { if command -v zstd >/dev/null 2>&1; then echo "zstd -T0 -3 -q"; else echo "gzip -1"; fi; }
-_tar_decompress() { if command -v zstd >/dev/null 2>&1; then echo "zstd -d -q"; else echo "gzip -d"; fi; }
+# compress / decompress (stdin to stdout): zstd when present (fast), else gzip; tar_ext names the result
+compress() { if command -v zstd >/dev/null 2>&1; then zstd -T0 -3 -q; else gzip -1; fi; }
+decompress() { if command -v zstd >/dev/null 2>&1; then zstd -d -q; else gzip -d; fi; }
+tar_ext() { if command -v zstd >/dev/null 2>&1; then echo tar.zst; else echo tar.gz; fi; }
 
 # cached_rootfs_tarball ARCH PACKAGES [SETUP_FN]: path of a cached root file system tarball, built on a miss.
 # The tarball name carries a hash of the arch, suite, package list, the setup function's source and
 # this file, so changing any of them builds a new one.
 cached_rootfs_tarball() {
     local arch=$1 packages=$2 setup_fn=${3:-} key ext tarball tmp mirror
-    ext=$(command -v zstd >/dev/null 2>&1 && echo tar.zst || echo tar.gz)
+    ext=$(tar_ext)
     key=$( { echo "$arch $SUITE $packages"; [ -n "$setup_fn" ] && declare -f "$setup_fn"; declare -f _debootstrap; } \
         | sha256sum | cut -c1-12)
     tarball=$EDGED_CACHE/rootfs-$SUITE-$arch-$key.$ext
@@ -89,7 +92,7 @@ cached_rootfs_tarball() {
     fi
     # apt's package cache is not needed in the tarball
     rm -rf "$tmp/root/var/cache/apt/archives/"*.deb "$tmp/root/var/lib/apt/lists/"*_Packages
-    tar -C "$tmp/root" --numeric-owner --xattrs -cf - . | $(_tar_compress) > "$tarball.part"
+    tar -C "$tmp/root" --numeric-owner --xattrs -cf - . | compress > "$tarball.part"
     mv "$tarball.part" "$tarball"
     rm -rf "$tmp"
     # older tarballs of the same arch are superseded
@@ -130,7 +133,7 @@ qemu_static() {
 # unpack_rootfs TARBALL DIR
 unpack_rootfs() {
     mkdir -p "$2"
-    $(_tar_decompress) < "$1" | tar -C "$2" --numeric-owner --xattrs -xf -
+    decompress < "$1" | tar -C "$2" --numeric-owner --xattrs -xf -
 }
 
 # Mounts made with bind_mount are undone (in reverse order) by unmount_all, which the stages call

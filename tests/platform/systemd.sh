@@ -31,6 +31,7 @@ need_tools debootstrap:debootstrap systemd-container:systemd-nspawn util-linux:n
 # libsystemd-dev (systemd-python: journald fields), logrotate, sudo + make (`sudo make install-service`)
 PACKAGES=systemd,systemd-sysv,libnss-systemd,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,make,pkg-config,libsystemd-dev,logrotate,procps,sudo,ca-certificates,gzip
 
+# shellcheck disable=SC2317  # called by cached_rootfs_tarball
 setup_container_rootfs() {
     local root=$1
     echo edged-test > "$root/etc/hostname"
@@ -53,6 +54,7 @@ CACHE_STATE=cached
 WORK=$(mktemp -d "$EDGED_WORK/edged-systemd.XXXXXX")
 ROOT=$WORK/root
 NSPAWN_PID=""
+# shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
     if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
         if [ "${KEEP_CONTAINER:-0}" = 1 ]; then
