@@ -227,8 +227,17 @@ def _stats_file_tables(un: Optional[Dict[str, Any]], health: Optional[Dict[str, 
 _PLOT_COLOURS = {"local": "tab:green", "offload": "tab:blue", "fallback": "tab:orange", "rejected": "tab:red"}
 
 
+def plot_layout(decisions: Sequence[Record], power: Sequence[Record]) -> Tuple[List[str], bool, bool]:
+    """What the PNG shows: one row per model (sorted), an energy column if any record has ``energy_mj``,
+    and a power row if there are power samples."""
+    models = sorted({str(r.get("model")) for r in decisions if r.get("model") is not None})
+    energy = any(_num(r.get("energy_mj")) is not None for r in decisions)
+    return models, energy, bool(power)
+
+
 def write_png(path: Path, decisions: Sequence[Record], power: Sequence[Record]) -> None:
-    """Latency over time coloured by decision; power per rail beneath (shared time axis, s)."""
+    """One panel per model: latency over time coloured by decision, with that model's energy per inference
+    beside it when measured; power per rail in a last row (shared time axis, s)."""
     import logging
 
     import matplotlib  # lazily: the 'report' extra
@@ -239,48 +248,70 @@ def write_png(path: Path, decisions: Sequence[Record], power: Sequence[Record]) 
 
     times = [t for t in (_num(r.get("ts")) for r in [*decisions, *power]) if t is not None]
     t0 = min(times) if times else 0.0
-    rows = 2 if power else 1
-    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(11, 6 if rows == 2 else 4),
-                             gridspec_kw={"height_ratios": [3, 2] if rows == 2 else [1]}, squeeze=False)
-    ax = axes[0][0]
-    groups: Dict[str, Tuple[List[float], List[float]]] = {}
-    for r in decisions:
-        ts, lat = _num(r.get("ts")), _num(r.get("latency_us"))
-        if ts is None or lat is None:
-            continue
-        xs, ys = groups.setdefault(str(r.get("decision") or "?"), ([], []))
-        xs.append(ts - t0)
-        ys.append(lat / 1000.0)
+    models, energy, has_power = plot_layout(decisions, power)
+    rows = max(1, len(models)) + (1 if has_power else 0)
+    cols = 2 if energy else 1
+    fig, axes = plt.subplots(rows, cols, sharex=True, squeeze=False, figsize=(11 if cols == 1 else 15, 2.6 * rows))
     order = {d: i for i, d in enumerate(DECISIONS)}
-    for decision, (xs, ys) in sorted(groups.items(), key=lambda kv: order.get(kv[0], 99)):
-        ax.scatter(xs, ys, s=6, alpha=0.6, label=f"{decision} ({len(xs)})", color=_PLOT_COLOURS.get(decision))
-    all_y = [y for _, ys in groups.values() for y in ys if y > 0]
-    if all_y and max(all_y) / max(min(all_y), 1e-9) > 100:
-        ax.set_yscale("log")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("edged: latency per input by decision" + (", power beneath" if power else ""))
-    if groups:
-        ax.legend(loc="upper right", markerscale=3, fontsize="small")
-    ax.grid(True, alpha=0.3)
-    if power:
-        pax = axes[1][0]
-        series: Dict[str, Tuple[List[float], List[float], bool]] = {}
+    for row, model in enumerate(models or ["(no decisions)"]):
+        series: Dict[str, Tuple[List[float], List[float], List[float]]] = {}
+        for r in decisions:
+            if str(r.get("model")) != model:
+                continue
+            ts, lat = _num(r.get("ts")), _num(r.get("latency_us"))
+            if ts is None or lat is None:
+                continue
+            xs, ys, es = series.setdefault(str(r.get("decision") or "?"), ([], [], []))
+            xs.append(ts - t0)
+            ys.append(lat / 1000.0)
+            es.append(_num(r.get("energy_mj")) if energy else None)  # type: ignore[arg-type]
+        ax = axes[row][0]
+        for decision, (xs, ys, _) in sorted(series.items(), key=lambda kv: order.get(kv[0], 99)):
+            ax.scatter(xs, ys, s=6, alpha=0.6, label=f"{decision} ({len(xs)})", color=_PLOT_COLOURS.get(decision))
+        all_y = [y for _, ys, _ in series.values() for y in ys if y > 0]
+        if all_y and max(all_y) / max(min(all_y), 1e-9) > 100:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{model}\nlatency (ms)")
+        if series:
+            ax.legend(loc="upper right", markerscale=3, fontsize="small")
+        ax.grid(True, alpha=0.3)
+        if energy:
+            eax = axes[row][1]
+            for decision, (xs, _, es) in sorted(series.items(), key=lambda kv: order.get(kv[0], 99)):
+                pts = [(x, e) for x, e in zip(xs, es) if e is not None]
+                if pts:
+                    eax.scatter([x for x, _ in pts], [e for _, e in pts], s=6, alpha=0.6,
+                                label=f"{decision} ({len(pts)})", color=_PLOT_COLOURS.get(decision))
+            eax.set_ylabel("energy (mJ/input)")
+            eax.grid(True, alpha=0.3)
+    axes[0][0].set_title("edged: latency per input by decision, per model")
+    if energy:
+        axes[0][1].set_title("energy per input")
+    if has_power:
+        pax = axes[-1][0]
+        rails: Dict[str, Tuple[List[float], List[float], bool]] = {}
         for p in power:
             ts = _num(p.get("ts"))
             if ts is None:
                 continue
             for name, watts, total in power_rails(p):
                 if watts is not None:
-                    xs, ys, _ = series.setdefault(name, ([], [], total))
+                    xs, ys, _ = rails.setdefault(name, ([], [], total))
                     xs.append(ts - t0)
                     ys.append(watts)
-        for name, (xs, ys, total) in sorted(series.items()):
+        for name, (xs, ys, total) in sorted(rails.items()):
             pax.plot(xs, ys, linewidth=1.6 if total else 0.8, label=name + (" (board)" if total else ""))
         pax.set_ylabel("power (W)")
         pax.grid(True, alpha=0.3)
-        if series:
+        if rails:
             pax.legend(loc="upper right", fontsize="small")
-    axes[-1][0].set_xlabel("time since first record (s)")
+        if energy:  # no power in the energy column: its last model panel carries the time axis
+            axes[-1][1].axis("off")
+            axes[-2][1].tick_params(labelbottom=True)
+            axes[-2][1].set_xlabel("time since first record (s)")
+    for c in range(cols):
+        if axes[-1][c].axison:
+            axes[-1][c].set_xlabel("time since first record (s)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

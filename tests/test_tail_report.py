@@ -274,6 +274,16 @@ def test_report_png(logdir: Any, tmp_path: Path) -> None:
     out = edged("report", str(d), "--png", str(png), timeout=90)
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from edged.logs import read_records
+    from edged.report import plot_layout
+
+    decisions = read_records(d / "decisions.jsonl")
+    models, energy, has_power = plot_layout(decisions, read_records(d / "power.jsonl"))
+    assert len(models) >= 2 and energy and has_power, "a panel per model, energy beside, power beneath"
+    import struct
+
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])
+    assert width == 15 * 110 and height == int(2.6 * (len(models) + 1) * 110)
 
 
 @pytest.mark.timeout(60)
