@@ -1,5 +1,5 @@
 """Property-based fuzzing of the ingest path (hypothesis): deframers, header parser, validators,
-the ZeroMQ burst handler.
+the ZeroMQ burst handler, wire protocol v2 (several named tensors per message).
 
 Invariant everywhere: valid frames in = samples out, in order, with the same values, whatever
 garbage surrounds them; nothing but a counted rejection ever comes of the garbage (no exception
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +23,8 @@ from edged.sources.framing import (
     FrameError,
     LineDeframer,
     build_cobs_frame,
+    build_tensor_cobs_frame,
+    build_tensor_frames,
     cobs_decode,
     cobs_encode,
     format_line,
@@ -30,7 +32,7 @@ from edged.sources.framing import (
     parse_header_json,
 )
 from edged.sources.serial import SerialSource
-from edged.sources.validate import array_from_values, check_header
+from edged.sources.validate import InputContract, ModelContract, array_from_values, check_header, model_contract
 from edged.sources.zmq import ZmqSource
 from tests.helpers_ingest import Collector
 
@@ -262,3 +264,132 @@ def test_zmq_any_frames_are_delivered_or_counted_never_raised(frames: List[bytes
     src.handle_burst([(frames, 0.0)], got)
     snap = src.stats.snapshot()
     assert snap["errors"] == 0 and snap["accepted"] + snap["rejected_total"] == 2
+
+
+# --------------------------------------------------------------------------- wire protocol v2 (several named tensors)
+
+#: "duo": data inputs a (3 x float32) and n (2 x int16), state s (2 x float32); "dyn": x [?, 2] float32
+CONTRACTS = {
+    "duo": ModelContract("duo", [InputContract("a", (3,), "float32"), InputContract("n", (2,), "int16"),
+                                 InputContract("s", (2,), "float32", state=True)], "a"),
+    "dyn": ModelContract("dyn", [InputContract("x", (None, 2), "float32")], "x"),
+    **{n: model_contract(n, s) for n, s in SPECS.items()},
+}
+ints2 = st.lists(st.integers(-2**15, 2**15 - 1), min_size=2, max_size=2).map(lambda v: np.array(v, dtype=np.int16))
+rows_dyn = st.integers(1, 4).flatmap(lambda k: st.lists(finite32, min_size=2 * k, max_size=2 * k)).map(
+    lambda v: np.array(v, dtype=np.float32).reshape(-1, 2))
+#: one valid v2 input: (model, tensors by name) — duo with or without its state, or a dynamic-shape input
+v2_inputs = st.one_of(
+    st.tuples(st.just("duo"), st.fixed_dictionaries({"a": rows3, "n": ints2})),
+    st.tuples(st.just("duo"), st.fixed_dictionaries({"n": ints2, "a": rows3, "s": rows3.map(lambda r: r[:2])})),
+    st.tuples(st.just("dyn"), st.fixed_dictionaries({"x": rows_dyn})),
+)
+tensor_entry = st.dictionaries(st.sampled_from(["name", "dtype", "shape", "nbytes", "x"]),
+                               st.one_of(json_values, st.sampled_from(["a", "n", "s", "x", "int16", "<f4"]),
+                                         st.lists(st.integers(-2, 5), max_size=3)), max_size=4)
+poison_v2 = st.one_of(
+    poison_frames,
+    st.lists(tensor_entry, max_size=4).flatmap(lambda ts: st.lists(st.binary(max_size=24), min_size=0, max_size=4).map(
+        lambda ps: [json.dumps({"model": st_pick(ts), "tensors": ts}).encode(), *ps])),
+    st.tuples(v2_inputs, st.integers(0, 3)).map(lambda t: _spoil(*t)),
+)
+
+
+def st_pick(ts: List[Any]) -> str:
+    return "dyn" if any(isinstance(t, dict) and t.get("name") == "x" for t in ts) else "duo"
+
+
+def _spoil(item: Tuple[str, Dict[str, np.ndarray]], how: int) -> List[bytes]:
+    """A v2 message made invalid in one way: a frame short, one missing, a NaN, an unknown input."""
+    model, tensors = item
+    frames = build_tensor_frames({"model": model}, tensors)
+    if how == 0:
+        return [frames[0], frames[1][:-1], *frames[2:]]
+    if how == 1:
+        return frames[:-1]
+    if how == 2:
+        first = next(iter(tensors))
+        bad = dict(tensors)
+        bad[first] = np.full_like(tensors[first], np.nan, dtype=np.float32)
+        return build_tensor_frames({"model": model}, bad)
+    return build_tensor_frames({"model": model}, {**tensors, "zz": np.zeros(1, np.float32)})
+
+
+def _v2_message(model: str, tensors: Dict[str, np.ndarray], seq: int, form: int) -> List[bytes]:
+    if form == 0:
+        return build_tensor_frames({"model": model, "seq": seq, "sender": "f"}, tensors)
+    return [json.dumps({"model": model, "seq": seq, "sender": "f",
+                        "inputs": {k: v.tolist() for k, v in tensors.items()}}).encode()]
+
+
+def _same_inputs(sample: Any, tensors: Dict[str, np.ndarray]) -> bool:
+    feeds = sample.feeds if sample.feeds is not None else {next(iter(tensors)): sample.array}
+    return set(feeds) == set(tensors) and all(
+        feeds[k].dtype == v.dtype and np.array_equal(feeds[k], v) for k, v in tensors.items())
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.tuples(st.just(True), v2_inputs, st.integers(0, 1)),
+                          st.tuples(st.just(False), poison_v2, st.just(0))), min_size=1, max_size=20))
+def test_zmq_v2_valid_multi_tensor_messages_in_equal_samples_out_whatever_the_poison(
+        items: List[Tuple[bool, Any, int]]) -> None:
+    src = ZmqSource(CONTRACTS)
+    burst: List[Tuple[List[bytes], float]] = []
+    expected: List[Tuple[str, Dict[str, np.ndarray]]] = []
+    seqs: Dict[str, int] = {}
+    for is_valid, what, form in items:
+        if is_valid:
+            model, tensors = what
+            burst.append((_v2_message(model, tensors, seqs.get(model, 0), form), 0.0))
+            seqs[model] = seqs.get(model, 0) + 1
+            expected.append((model, tensors))
+        else:
+            burst.append((what, 0.0))
+    got = Collector()
+    src.handle_burst(burst, got)
+    assert [s.model for s in got.samples] == [m for m, _ in expected]
+    assert all(_same_inputs(s, t) for s, (_, t) in zip(got.samples, expected))
+    snap = src.stats.snapshot()
+    assert snap["errors"] == 0 and snap["accepted"] == len(expected)
+    assert snap["rejected_total"] == len(items) - len(expected) and snap["lost_in_transit"] == 0
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.booleans(), v2_inputs, st.binary(max_size=120)), min_size=1, max_size=10), chunk_sizes)
+def test_cobs_v2_stream_valid_frames_in_equal_samples_out_whatever_the_garbage(
+        items: List[Tuple[bool, Tuple[str, Dict[str, np.ndarray]], bytes]], chunk: int) -> None:
+    src = SerialSource(CONTRACTS, "loop://", framing="cobs", max_frame_bytes=512)
+    stream = b""
+    expected: List[Tuple[str, Dict[str, np.ndarray]]] = []
+    for is_valid, (model, tensors), junk in items:
+        if is_valid:
+            stream += build_tensor_cobs_frame({"model": model, "seq": len(expected), "sender": "g"}, tensors)
+            expected.append((model, tensors))
+        else:
+            stream += junk
+    got = Collector()
+    for part in _chunks(stream, chunk):
+        src.feed(part, got)
+    src.feed(b"\x00", got)
+    assert [s.seq for s in got.samples] == list(range(len(expected)))
+    assert all(_same_inputs(s, t) for s, (_, t) in zip(got.samples, expected))
+    assert src.stats.errors == 0
+
+
+@FUZZ
+@given(st.sampled_from(["duo", "dyn", "tiny"]), st.one_of(st.lists(tensor_entry, max_size=5), json_values),
+       st.lists(st.binary(max_size=40), max_size=5))
+def test_v2_tensors_validation_only_raises_named_reasons(model: str, tensors: Any, payloads: List[bytes]) -> None:
+    src = ZmqSource(CONTRACTS)
+    header = {"model": model, "tensors": tensors}
+    for call in (lambda: src.sample_from_frames(dict(header), payloads, 0.0),
+                 lambda: src.sample_from_body(dict(header), b"".join(payloads), 0.0),
+                 lambda: src.sample_from_json({"model": model, "inputs": tensors}, 0.0)):
+        try:
+            sample = call()
+        except FrameError as err:
+            assert err.reason in {"bad_header", "unknown_input", "missing_input", "missing_shape", "dtype_mismatch",
+                                  "wrong_size", "non_finite", "bad_values"}, err
+            assert err.header is not None
+            continue
+        assert sample.model == model and np.isfinite(sample.array.astype(np.float64)).all()
