@@ -299,7 +299,7 @@ def st_pick(ts: List[Any]) -> str:
     return "dyn" if any(isinstance(t, dict) and t.get("name") == "x" for t in ts) else "duo"
 
 
-def _spoil(item: Tuple[str, Dict[str, np.ndarray]], how: int) -> List[bytes]:
+def _spoil(item: Tuple[str, Dict[str, Any]], how: int) -> List[bytes]:
     """A v2 message made invalid in one way: a frame short, one missing, a NaN, an unknown input."""
     model, tensors = item
     frames = build_tensor_frames({"model": model}, tensors)
