@@ -227,3 +227,22 @@ sha256 = "{g.sha256(blob)}"
     assert e.inputs[1].state and e.inputs[1].initial == 0.5
     np.testing.assert_array_equal(e.inputs[1].initial_value(), np.full((1, 8), 0.5, np.float32))
     assert cat.unservable() == {}
+
+
+def test_readme_add_your_own_model_example_is_a_valid_manifest(tmp_path):
+    """The README's manifest example parses, with the inputs, state and output kinds it describes."""
+    import re
+
+    from edged.models import parse_manifest
+
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"a voice-activity model.*?```toml\n(.*?)```", text, re.S).group(1)
+    d = tmp_path / "vad"
+    d.mkdir()
+    (d / "manifest.toml").write_text(block.replace('"…"', '"' + "0" * 64 + '"'))
+    (d / "model.onnx").write_bytes(b"not checked by parse_manifest")
+    e = parse_manifest(d / "manifest.toml")
+    assert [i.name for i in e.inputs] == ["x", "h", "sr"] and e.stateful
+    assert [(o.name, o.kind) for o in e.outputs] == [("speech", "regression"), ("h_out", "state")]
