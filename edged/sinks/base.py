@@ -389,12 +389,13 @@ def output_items(outputs: Optional[Mapping[str, np.ndarray]]) -> List[Tuple[str,
         return []
     items = []
     for name, arr in outputs.items():
-        a = np.asarray(arr)
-        if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
+        a = arr if type(arr) is np.ndarray else np.asarray(arr)
+        bo = a.dtype.byteorder
+        if bo == ">" or (bo == "=" and not _LITTLE):
             a = a.astype(a.dtype.newbyteorder("<"))
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
-        items.append((str(name), a))
+        items.append((name if type(name) is str else str(name), a))
     return items
 
 

@@ -8,13 +8,16 @@ of the ZeroMQ sink (``model``, ``seq``, ``sender``, ``source``, ``decision``, ``
 ``[{"name", "dtype", "shape"}]``); with ``include_outputs = true`` each output entry also
 holds ``data`` (nested lists) when it has at most ``max_output_values`` values.
 
-Never blocking, never silently losing: ``publish`` only queues (paho's network thread
-does the I/O). Every result handed to the sink ends in exactly one of
+Never blocking, never silently losing: ``publish_many`` only appends to a bounded
+hand-off queue; the sink's publisher thread encodes each result and gives it to paho
+(whose locks its network thread may hold for a while, e.g. re-queueing thousands of
+messages on a reconnect), and paho's network thread does the I/O. Every result handed to
+the sink ends in exactly one of
 
 * ``delivered``: QoS 0 written to the broker's socket; QoS 1/2 acknowledged (PUBACK/PUBCOMP);
-* ``dropped``: refused at once (QoS 0 while disconnected, or ``max_queued`` results already
-  waiting), or QoS 0 results that were queued when the connection broke;
-* ``queued``: accepted and still waiting (QoS >= 1 while the broker is down: delivered
+* ``dropped``: refused (``max_queued`` results already waiting, or QoS 0 while
+  disconnected), or QoS 0 results that were queued when the connection broke;
+* ``queued``: handed over and still waiting (QoS >= 1 while the broker is down: delivered
   after the reconnect; counted as dropped if still waiting at ``close``),
 
 so ``results == delivered + dropped + queued`` at any time. QoS 1 may deliver a result
@@ -24,12 +27,13 @@ twice to a subscriber after a reconnect (at-least-once): the header's ``model``,
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Set
+from typing import Any, Deque, Dict, Optional, Sequence, Set
 
 from edged.sinks.base import Result, ResultSink, describe_outputs, header_of, output_items
 from edged.sinks.mqtt_broker import (
@@ -115,6 +119,13 @@ class MqttSink(ResultSink):
         self._early: Set[int] = set()            # mids paho confirmed before publish() returned them
         self._swept: Set[int] = set()            # QoS 0 mids counted lost at a disconnect
         self._connected = threading.Event()
+        self._handoff: Deque[Result] = collections.deque()  # from publish_many to the publisher thread
+        self._wake = threading.Event()
+        self._stop_publisher = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self._busy = False
+        self.refused_full = 0  # publish_many's own count (the writer thread); refused: the publisher thread's
         self._mqtt: Any = None
         self._state = "not connected yet"
 
@@ -146,6 +157,8 @@ class MqttSink(ResultSink):
         except (OSError, ValueError) as exc:
             self._state = f"cannot connect to {self.cfg.url}: {describe_os_error(exc)}; retrying"
         client.loop_start()
+        self._thread = threading.Thread(target=self._publisher, name=f"sink:{self.name}", daemon=True)
+        self._thread.start()
         if self.cfg.connect_wait_s > 0 and not self._connected.wait(self.cfg.connect_wait_s):
             log.warning("sink %s: %s; results %s until it is", self.name, self._state,
                         "queue" if self.cfg.qos else "are dropped")
@@ -170,7 +183,7 @@ class MqttSink(ResultSink):
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any = None,
                        properties: Any = None) -> None:
-        was = self._connected.is_set()
+        was = self._connected.is_set() and not self._stop_publisher.is_set()  # not the disconnect close() asked
         self._connected.clear()
         with self._lock:
             lost = [m for m, q in self._outstanding.items() if q == 0]
@@ -220,48 +233,85 @@ class MqttSink(ResultSink):
                         decision=topic_level(rec.get("decision")), source=topic_level(rec.get("source")))
 
     def publish_many(self, results: Sequence[Result]) -> None:
+        """Hand ``results`` to the sink's publisher thread (an append per result; never waits).
+
+        Results beyond ``max_queued`` waiting (handed over, or in paho's queue) are dropped.
+        """
+        n = len(results)
+        self.results += n
+        if self._client is None or self._closing:
+            self.refused_full += n
+            return
+        room = self.cfg.max_queued - len(self._handoff) - len(self._outstanding)
+        if room < n:
+            take = max(0, room)
+            self.refused_full += n - take
+            results = results[:take]
+            if not take:
+                return
+        self._handoff.extend(results)
+        self._wake.set()
+
+    def _publisher(self) -> None:
+        """The publisher thread: JSON-encode and hand each result to paho (whose locks it may wait for)."""
+        handoff = self._handoff
+        while True:
+            if not handoff:
+                if self._stop_publisher.is_set():
+                    return
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            try:
+                self._busy = True  # wait_delivered must not see "nothing queued" between pop and publish
+                r = handoff.popleft()
+            except IndexError:
+                self._busy = False
+                continue
+            self._publish_one(r)
+            self._busy = False
+
+    def _publish_one(self, r: Result) -> None:
         client = self._client
         qos = self.cfg.qos
-        retain = self.cfg.retain
-        limit = self.cfg.max_queued
-        for r in results:
-            self.results += 1
-            try:
-                if client is None or (qos == 0 and not self._connected.is_set()) or len(self._outstanding) >= limit:
-                    self.refused += 1
-                    continue
-                info = client.publish(self._topic(r.record), self._payload(r), qos=qos, retain=retain)
-                rc = info.rc
-                ok = rc == 0 or (qos > 0 and rc == self._mqtt.MQTT_ERR_NO_CONN)  # QoS >= 1: kept, sent on reconnect
-                if not ok:
-                    self.refused += 1
-                    continue
-                self.published += 1
-                with self._lock:
-                    if info.mid in self._early:
-                        self._early.discard(info.mid)
-                        self.delivered += 1
-                    elif qos == 0 and not self._connected.is_set():
-                        self.lost += 1  # the connection broke while we queued it (moved to delivered if written)
-                        self._swept.add(info.mid)
-                    else:
-                        self._outstanding[info.mid] = qos
-            except Exception as exc:
+        try:
+            if client is None or (qos == 0 and not self._connected.is_set()):
                 self.refused += 1
-                self.count_error("cannot publish a result", exc)
+                return
+            info = client.publish(self._topic(r.record), self._payload(r), qos=qos, retain=self.cfg.retain)
+            rc = info.rc
+            ok = rc == 0 or (qos > 0 and rc == self._mqtt.MQTT_ERR_NO_CONN)  # QoS >= 1: kept, sent on reconnect
+            if not ok:
+                self.refused += 1
+                return
+            self.published += 1
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self.delivered += 1
+                elif qos == 0 and not self._connected.is_set():
+                    self.lost += 1  # the connection broke while we queued it (moved to delivered if written)
+                    self._swept.add(info.mid)
+                else:
+                    self._outstanding[info.mid] = qos
+        except Exception as exc:
+            self.refused += 1
+            self.count_error("cannot publish a result", exc)
 
     # ------------------------------------------------------------------ reporting
 
     @property
     def queued(self) -> int:
-        return len(self._outstanding)
+        """Results handed over and not yet delivered or dropped."""
+        return len(self._handoff) + len(self._outstanding)
 
     def stats(self) -> Dict[str, Any]:
         with self._lock:
-            queued = len(self._outstanding)
+            queued = len(self._handoff) + len(self._outstanding) + (1 if self._busy else 0)
             s = super().stats()
             s.update(results=self.results, delivered=self.delivered, queued=queued,
-                     dropped=self.refused + self.lost, refused=self.refused, lost=self.lost,
+                     dropped=self.refused_full + self.refused + self.lost,
+                     refused=self.refused_full + self.refused, lost=self.lost,
                      connected=self._connected.is_set(), connects=self.connects, disconnects=self.disconnects,
                      broker=self.cfg.url, qos=self.cfg.qos)
         return s
@@ -269,7 +319,7 @@ class MqttSink(ResultSink):
     def wait_delivered(self, timeout_s: float) -> bool:
         """Wait until nothing is queued (at most ``timeout_s``); True if so."""
         deadline = time.monotonic() + timeout_s
-        while self._outstanding:
+        while self._handoff or self._outstanding or self._busy:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
@@ -277,19 +327,25 @@ class MqttSink(ResultSink):
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Give queued results up to ``timeout_s`` to be delivered, then disconnect; the rest count as dropped."""
-        client, self._client = self._client, None
-        if client is None:
+        if self._client is None:
             return
+        self._closing = True  # publish_many refuses from now on
         if self._connected.is_set():
             self.wait_delivered(timeout_s)
+        self._stop_publisher.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(1.0, timeout_s))
+        client, self._client = self._client, None
         try:
             client.disconnect()
         except Exception:
             pass
         client.loop_stop()
         with self._lock:
-            left = len(self._outstanding)
+            left = len(self._outstanding) + len(self._handoff)
             self._outstanding.clear()
+            self._handoff.clear()
             self.lost += left
         if left:
             log.warning("sink %s: %d result(s) still queued at close counted as dropped", self.name, left)

@@ -37,13 +37,16 @@ a write that returns False (port gone, output buffer full) is ``dropped``.
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edged.sinks.base import Result, ResultSink, SinkConfig, WriterFor, describe_outputs, output_items
-from edged.sources.framing import build_body, cobs_encode
+from edged.sinks.zmq import _ENCODE
+from edged.sources.framing import cobs_encode
 
 FORMS = ("text", "cobs")
 #: Header keys a COBS reply copies from the record (when present and not None).
@@ -165,6 +168,21 @@ def text_reply(result: Result, cfg: SerialSinkConfig) -> bytes:
     return f"{model}:{','.join(values)}\n".encode("ascii")
 
 
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+def _body(head_json: bytes, payload: bytes) -> bytes:
+    """``header_len u16 LE | header | payload | CRC-32 u32 LE`` (what framing.build_body makes, without
+    re-encoding the header)."""
+    body = _U16.pack(len(head_json)) + head_json + payload
+    return body + _U32.pack(zlib.crc32(body) & 0xFFFFFFFF)
+
+
+#: (name, dtype, shape) of each output -> the ``"outputs":[...]`` JSON fragment (bounded cache)
+_OUTPUTS_JSON: Dict[Tuple[Any, ...], str] = {}
+
+
 def cobs_reply(result: Result, cfg: SerialSinkConfig) -> bytes:
     """The ``cobs`` form of one result: a complete frame with both delimiters."""
     rec = result.record
@@ -178,12 +196,19 @@ def cobs_reply(result: Result, cfg: SerialSinkConfig) -> bytes:
     if rec.get("error"):
         head["error"] = str(rec.get("error"))[:128]
     items = output_items(result.outputs) if cfg.outputs else []
-    head["outputs"] = describe_outputs(items)
-    payload = b"".join(a.tobytes() for _, a in items)
-    body = build_body(head, payload)
+    key = tuple((n, a.dtype, a.shape) for n, a in items)
+    frag = _OUTPUTS_JSON.get(key)
+    if frag is None:
+        frag = '"outputs":' + _ENCODE(describe_outputs(items))
+        if len(_OUTPUTS_JSON) < 1024:
+            _OUTPUTS_JSON[key] = frag
+    text = _ENCODE(head)
+    text = text[:-1] + ("," if len(text) > 2 else "") + frag + "}"
+    payload = b"".join([a.tobytes() for _, a in items]) if items else b""
+    body = _body(text.encode("utf-8"), payload)
     if payload and len(body) + len(body) // 254 + 3 > cfg.max_frame_bytes:
-        head["outputs_omitted"] = True
-        body = build_body(head, b"")
+        text = text[:-1] + ',"outputs_omitted":true}'
+        body = _body(text.encode("utf-8"), b"")
     return b"\x00" + cobs_encode(body) + b"\x00"
 
 

@@ -37,7 +37,7 @@ import zmq
 
 from edged.endpoints import check_zmq_endpoint
 from edged.errors import EdgedError
-from edged.sinks.base import Result, ResultSink, SinkConfig, describe_outputs, header_of, output_items
+from edged.sinks.base import Result, ResultSink, SinkConfig, describe_outputs, output_items
 
 log = logging.getLogger("edged.sinks.zmq")
 
@@ -122,12 +122,25 @@ def topic_formatter(template: str) -> Any:
     return fmt
 
 
+#: (name, dtype, shape) of each output -> the ``"outputs":[...]`` JSON fragment (bounded cache)
+_OUTPUTS_JSON: Dict[Tuple[Any, ...], str] = {}
+_MAX_OUTPUTS_JSON = 1024
+
+
 def encode_result(result: Result, with_outputs: bool = True) -> Tuple[bytes, List[np.ndarray]]:
     """``(header JSON bytes, [arrays])`` of one result: what follows the topic frame."""
     items = output_items(result.outputs) if with_outputs else []
-    head = header_of(result.record, HEADER_KEYS)
-    head["outputs"] = describe_outputs(items)
-    return _ENCODE(head).encode("utf-8"), [a for _, a in items]
+    rec = result.record
+    head = {k: rec[k] for k in HEADER_KEYS if k in rec}
+    key = tuple((n, a.dtype, a.shape) for n, a in items)
+    frag = _OUTPUTS_JSON.get(key)
+    if frag is None:
+        frag = '"outputs":' + _ENCODE(describe_outputs(items))
+        if len(_OUTPUTS_JSON) < _MAX_OUTPUTS_JSON:
+            _OUTPUTS_JSON[key] = frag
+    text = _ENCODE(head)
+    text = text[:-1] + ("," if len(text) > 2 else "") + frag + "}"
+    return text.encode("utf-8"), [a for _, a in items]
 
 
 def decode_result(frames: Sequence[bytes]) -> Tuple[str, Dict[str, Any], Dict[str, np.ndarray]]:
