@@ -45,7 +45,7 @@ class Rejection:
     Attributes:
         source: name of the source it arrived on.
         model: the catalogue model the header named.
-        reason: the counter key (``non_finite``, ``wrong_size``, ``bad_sender`` ...; docs/protocol.md §4).
+        reason: the counter key (``non_finite``, ``wrong_size``, ``bad_sender`` ...; docs/protocol.md §5).
         detail: human explanation (bounded; never echoes a huge value).
         sender: the header's ``sender`` if it was a valid one, else None.
         seq: the header's ``seq`` if it was a valid one, else None (sources number only valid inputs).

@@ -1,7 +1,7 @@
 """Turn wire data into a validated :class:`Sample`, or a rejection reason.
 
 Validation is the same for every transport and runs in one documented order
-(``docs/protocol.md`` section 4): header (size, nesting, JSON object), ``model``,
+(``docs/protocol.md`` section 5): header (size, nesting, JSON object), ``model``,
 ``sender``, ``seq``, ``ts``, ``deadline_ms``, metadata, ``dtype``; then the body
 (``shape`` and size, values, finite). Every limit is inclusive. A failure raises
 :class:`~edged.sources.framing.FrameError` with a stable reason string:
