@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 import pytest
 
+from edged.sources.base import Rejection
 from edged.sources.framing import (
     build_body,
     build_cobs_frame,
@@ -52,7 +53,11 @@ def v2_examples() -> Dict[str, str]:
     payload = V2_X.tobytes() + V2_SR.tobytes()
     src = ZmqSource(V2_CONTRACTS)
     details: Dict[str, str] = {}
-    src.on_rejected = lambda r: details.setdefault(r.reason, r.detail) and None
+
+    def keep(r: Rejection) -> None:
+        details.setdefault(r.reason, r.detail)
+
+    src.on_rejected = keep
     src.handle_message([json.dumps(header).encode(), V2_X.tobytes()], Collector())
     src.handle_message([json.dumps({"model": "seg", "seq": 7}).encode(), b"\x00" * 12], Collector())
     src.handle_message(build_tensor_frames(header, {"x": V2_X, "sr": V2_SR, "gain": V2_X}), Collector())
