@@ -33,16 +33,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def make_certs(d: Path) -> Dict[str, Path]:
+    """A throw-away CA, a server certificate for DNS:localhost and a client certificate (openssl CLI)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edged test CA",
+         "-keyout", "ca.key", "-out", "ca.pem")
+    for who, ext in (("server", "subjectAltName=DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", f"{who}.key",
+             "-out", f"{who}.csr")
+        (d / f"{who}.ext").write_text(ext + "\n")
+        ossl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", f"{who}.ext", "-out", f"{who}.pem")
+    return {"ca": d / "ca.pem", "server_cert": d / "server.pem", "server_key": d / "server.key",
+            "client_cert": d / "client.pem", "client_key": d / "client.key"}
+
+
 class Broker:
     """One mosquitto process; ``start()``/``stop()``/``restart()``; ``port`` and ``auth_port`` stay the same."""
 
-    def __init__(self, workdir: Path, users: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, workdir: Path, users: Optional[Dict[str, str]] = None, tls: bool = False) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed")
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.auth_port = free_port() if users else None
+        #: a TLS listener that requires a client certificate (server cert for DNS:localhost only)
+        self.tls_port = free_port() if tls else None
+        self.certs: Dict[str, Path] = make_certs(self.dir / "certs") if tls else {}
         self.users = dict(users or {})
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.dir / "mosquitto.log"
@@ -73,6 +95,10 @@ class Broker:
                                check=True, capture_output=True, timeout=30)
             os.chmod(pw, 0o600)
             lines += [f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}"]
+        if self.tls_port:
+            c = self.certs
+            lines += [f"listener {self.tls_port} 127.0.0.1", "allow_anonymous true", f"cafile {c['ca']}",
+                      f"certfile {c['server_cert']}", f"keyfile {c['server_key']}", "require_certificate true"]
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 10.0) -> Broker:
@@ -86,7 +112,7 @@ class Broker:
                 log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
                 self.proc = None
                 raise RuntimeError(f"mosquitto exited at start: {err}\n{log}")
-            if all(self._accepts(p) for p in (self.port, self.auth_port) if p):
+            if all(self._accepts(p) for p in (self.port, self.auth_port, self.tls_port) if p):
                 return self
             time.sleep(0.02)
         self.stop()

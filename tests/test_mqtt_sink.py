@@ -5,6 +5,7 @@ works and a wrong password is a clear state, never a crash."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -182,6 +183,35 @@ def test_username_password_and_a_wrong_password(broker, catalogue, tmp_path):
         sub.close()
     st = bad.stats()
     assert st["queued"] == 0 and st["dropped"] == 50 and _balanced(st)  # still queued at close: counted dropped
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_tls_with_client_certificate_and_the_insecure_flag(tmp_path, catalogue):
+    b = Broker(tmp_path / "tls", tls=True)
+    c = b.certs
+    tls = {"tls": True, "ca_file": str(c["ca"]), "cert_file": str(c["client_cert"]), "key_file": str(c["client_key"])}
+    results = model_results(catalogue, 20)
+    with b:
+        good = _sink(b.tls_port, host="localhost", client_id="tls-good", **tls)
+        mismatch = _sink(b.tls_port, client_id="tls-mismatch", connect_wait_s=0.5, **tls)  # 127.0.0.1 not in cert
+        insecure = _sink(b.tls_port, client_id="tls-insecure", tls_insecure=True, **tls)
+        no_cert = _sink(b.tls_port, host="localhost", client_id="tls-nocert", tls=True, ca_file=str(c["ca"]),
+                        connect_wait_s=0.5)
+        try:
+            for s in (good, mismatch, insecure, no_cert):
+                s.publish_many(results)
+            assert good.wait_delivered(10) and good.stats()["delivered"] == 20
+            assert insecure.wait_delivered(10) and insecure.stats()["delivered"] == 20
+            assert good.cfg.url.startswith("mqtts://localhost:")
+            st = mismatch.state() or ""
+            assert "cannot connect to mqtts://127.0.0.1" in st and "certificate" in st.lower(), st
+            assert not mismatch.stats()["connected"] and not no_cert.stats()["connected"]
+            assert no_cert.state(), "a broker that wants a client certificate must not look connected"
+        finally:
+            for s in (good, mismatch, insecure, no_cert):
+                s.close(0.5)
+    for s in (good, mismatch, insecure, no_cert):
+        assert _balanced(s.stats())
 
 
 def test_broker_down_at_open_does_not_raise_and_results_queue(tmp_path, catalogue):

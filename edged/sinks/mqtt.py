@@ -193,6 +193,11 @@ class MqttSink(ResultSink):
             self.lost += len(lost)
             if len(self._swept) > 2 * MAX_QUEUED_LIMIT:
                 self._swept.clear()
+        if not was and not self._stop_publisher.is_set() and not (self._state or "").startswith(
+                ("broker", "cannot connect to " + self.cfg.url + ":")):
+            self._state = (f"cannot connect to {self.cfg.url}: the broker closed the connection before accepting it "
+                           f"({describe_reason(reason_code)}); retrying")
+            self._log(logging.WARNING, "closed", "sink %s: %s", self.name, self._state)
         if was:
             self.disconnects += 1
             self._state = f"disconnected from {self.cfg.url} ({describe_reason(reason_code)}); reconnecting"

@@ -31,7 +31,14 @@ def import_paho(what: str) -> Any:
 
 
 def describe_os_error(exc: BaseException) -> str:
-    """``Connection refused (ECONNREFUSED)`` for an OSError with an errno, else its text (bounded)."""
+    """``Connection refused (ECONNREFUSED)`` for an OSError with an errno; ``TLS: <why>`` for a TLS
+    failure (``certificate verify failed: Hostname mismatch ...``); else its text (bounded)."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLError):
+        why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        return f"TLS: {str(why)[:200]}" + (" (certificate verify failed)"
+                                           if isinstance(exc, ssl.SSLCertVerificationError) else "")
     code = getattr(exc, "errno", None)
     if isinstance(code, int) and code in errno.errorcode:
         return f"{os.strerror(code)} ({errno.errorcode[code]})"
