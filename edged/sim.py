@@ -1,8 +1,13 @@
-"""``edged sim``: a sensor simulator speaking wire protocol v1.
+"""``edged sim``: a sensor simulator speaking wire protocol v1 and v2.
 
-Replays a model's validation set (or a user ``.npz``/``.csv``) to a serial
-port, a fresh pty pair, or a ZeroMQ endpoint, at a rate or as fast as
-possible, optionally in bursts, with jitter and with injected corrupt frames.
+Drives any catalogue model (``--models-dir`` adds the user's): replays its
+validation set, or seeded synthetic inputs of its declared shapes when it has
+none (``--shape`` picks a dynamic model's shape), or a user ``.npz``/``.csv``,
+to a serial port, a fresh pty pair, or a ZeroMQ endpoint, at a rate or as fast
+as possible, optionally in bursts, with jitter and with injected corrupt frames.
+A model with one data input of fixed shape is sent as v1 (one array); a model
+with several data inputs or a dynamic shape as v2 (named tensors with their
+shapes: ZeroMQ one frame per tensor, COBS back to back, JSON ``inputs``).
 
 Library use (tests, ``make run``)::
 
@@ -23,16 +28,48 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edged.errors import ConfigError, InputError, UnknownModelError
+from edged.errors import ConfigError, InputError, ManifestError, UnknownModelError
 from edged.runtime.base import TensorSpec
 from edged.signals import stop_on_signals
-from edged.sources.framing import build_cobs_frame, format_line
+from edged.sources.framing import build_cobs_frame, build_tensor_cobs_frame, build_tensor_frames, format_line
 
 FRAMINGS = ("lines", "cobs")
+#: Seeded synthetic inputs generated per model that has no validation set (cycled).
+SYNTHETIC_ROWS = 64
+
+
+class FeedRows:
+    """The inputs of a model sent as v2: row ``i`` is ``{input name: one sample}`` (data inputs only).
+
+    ``feeds`` holds each input with a leading row axis, or without one for a value shared by
+    every row (an unbatched input such as a sample rate). ``where`` says where they came from.
+    """
+
+    def __init__(self, feeds: Mapping[str, np.ndarray], per_row: Mapping[str, bool], where: str = "") -> None:
+        self.feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        self.per_row = dict(per_row)
+        self.where = where
+        counts = {len(v) for k, v in self.feeds.items() if self.per_row[k]}
+        if len(counts) > 1:
+            raise InputError(f"edged sim: inputs have different numbers of rows: "
+                             f"{ {k: len(v) for k, v in self.feeds.items() if self.per_row[k]} }")
+        self.n = counts.pop() if counts else 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
+        return {k: (v[i] if self.per_row[k] else v) for k, v in self.feeds.items()}
+
+
+#: What is sent per model: rows of the one input (v1), or :class:`FeedRows` (v2).
+SimRows = Union[np.ndarray, FeedRows]
+#: One input as a target sends it: an array (v1) or input name -> array (v2).
+SimInput = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -50,58 +87,178 @@ def load_sim_inputs(
     models: Sequence[str],
     data_path: Optional[str] = None,
     specs: Optional[Mapping[str, TensorSpec]] = None,
-) -> Dict[str, np.ndarray]:
-    """Rows to send per model, in the model's canonical layout and dtype.
+    models_dirs: Sequence[str] = (),
+    seed: int = 0,
+    shapes: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Dict[str, SimRows]:
+    """What to send per model, in the model's canonical layout and dtype.
 
-    ``models`` may contain ``"all"``. Without ``data_path`` each model's
-    ``models/<name>/validation.npz`` is used; with it, exactly one model.
-    ``specs`` (name -> TensorSpec) defaults to the catalogue's, when available.
+    ``models`` may contain ``"all"``. With ``specs`` (name -> TensorSpec, the v1 form) each
+    model's shipped ``validation.npz`` is read as rows of its one input. Otherwise the catalogue
+    (shipped models plus ``models_dirs``) decides: each model's validation set, or
+    :data:`SYNTHETIC_ROWS` seeded synthetic inputs (``seed``) of its declared shapes when it has
+    none; ``shapes`` (input name, or ``""`` for the primary input -> shape with or without the batch
+    axis) picks a dynamic model's shape. ``data_path`` replays one file for exactly one model.
+    A model with one data input of fixed shape gets an array of rows (sent as v1), any other a
+    :class:`FeedRows` (sent as v2).
     """
-    from edged.sources.replay import load_inputs
-
+    entries: Dict[str, Any] = {}
     if specs is None:
-        specs = _catalogue_specs()
+        entries = _catalogue_entries(models_dirs)
+        known: Sequence[str] = sorted(entries)
+    else:
+        known = sorted(specs)
     names: List[str] = []
     for m in models or ["all"]:
         for part in m.split(","):
             part = part.strip()
             if part == "all":
-                names += [n for n in sorted(specs) if n not in names] if specs else _dirs_with_validation()
+                names += [n for n in known if n not in names] if known else _dirs_with_validation()
             elif part and part not in names:
                 names.append(part)
     if not names:
         raise InputError("edged sim: no models to simulate (none found in the catalogue)")
-    if specs:
-        unknown = [n for n in names if n not in specs]
+    if known:
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise UnknownModelError(f"unknown model(s) {unknown}; known: {sorted(specs)}")
+            raise UnknownModelError(f"unknown model(s) {unknown}; known: {list(known)}")
     if data_path is not None and len(names) != 1:
         raise ConfigError(f"--data replays one model; got {names}")
-    out: Dict[str, np.ndarray] = {}
+    out: Dict[str, SimRows] = {}
     for name in names:
+        if name in entries:
+            out[name] = _entry_rows(entries[name], data_path, seed, shapes or {})
+            continue
         path = Path(data_path) if data_path else _models_dir() / name / "validation.npz"
-        if not path.exists():
-            raise InputError(f"edged sim: no inputs for model {name!r}: {path} does not exist")
-        rows = load_inputs(path)
         spec = specs.get(name) if specs else None
-        if spec is not None:
-            shape = (len(rows),) + tuple(int(d) for d in spec.sample_shape if d)
-            if int(np.prod(shape[1:])) * len(rows) != rows.size:
-                raise InputError(
-                    f"{path}: rows of {rows.shape[1:]} do not fit model {name!r} input {spec.sample_shape}"
-                )
-            rows = rows.reshape(shape).astype(spec.dtype)
-        out[name] = np.ascontiguousarray(rows)
+        out[name] = _spec_rows(name, path, spec)
     return out
 
 
-def _catalogue_specs() -> Dict[str, TensorSpec]:
+def _spec_rows(name: str, path: Path, spec: Optional[TensorSpec]) -> np.ndarray:
+    from edged.sources.replay import load_inputs
+
+    if not path.exists():
+        raise InputError(f"edged sim: no inputs for model {name!r}: {path} does not exist")
+    rows = load_inputs(path)
+    if spec is not None:
+        if not all(spec.sample_shape):
+            raise InputError(f"edged sim: model {name!r} has a dynamic input {spec.sample_shape}: "
+                             "simulate it from the catalogue (it sends the shape)")
+        shape = (len(rows),) + tuple(int(d) for d in spec.sample_shape if d)
+        if int(np.prod(shape[1:])) * len(rows) != rows.size:
+            raise InputError(
+                f"{path}: rows of {rows.shape[1:]} do not fit model {name!r} input {spec.sample_shape}"
+            )
+        rows = rows.reshape(shape).astype(spec.dtype)
+    return np.ascontiguousarray(rows)
+
+
+def parse_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
+    """``--shape`` value: ``[INPUT=]DIMS`` with DIMS like ``64x48x1`` or ``1,64,48,1`` -> (input or "", dims)."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.replace(",", "x").split("x") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(f"--shape {text!r}: expected [INPUT=]DIMS with positive integers, "
+                          "e.g. 64x48x1 or x=1x64x48x1")
+    return name.strip(), shape
+
+
+def _shapes_for(entry: Any, shapes: Mapping[str, Sequence[int]]) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """Full shapes (batch axis first) of ``entry``'s dynamic inputs from ``--shape`` values; None if none apply."""
+    out: Dict[str, Tuple[int, ...]] = {}
+    for inp in entry.inputs:
+        if not inp.dynamic:
+            continue
+        given = shapes.get(inp.name, shapes.get("") if inp.name == entry.primary_input.name else None)
+        if given is None:
+            continue
+        dims = tuple(int(d) for d in given)
+        full = (1, *dims) if inp.batched and len(dims) == len(inp.sample_shape) else dims
+        want = inp.shape
+        if len(full) != len(want) or any(w is not None and w != d for w, d in zip(want[1:] if inp.batched else want,
+                                                                                   full[1:] if inp.batched else full)):
+            raise ConfigError(f"--shape {'x'.join(map(str, dims))}: model {entry.name!r} input {inp.name!r} is "
+                              f"{['?' if d is None else d for d in want]} (? = any size)")
+        out[inp.name] = full
+    return out or None
+
+
+def _entry_rows(entry: Any, data_path: Optional[str], seed: int, shapes: Mapping[str, Sequence[int]]) -> SimRows:
+    """One catalogue model's inputs: ``data_path``, else its validation set, else seeded synthetic ones."""
+    data_inputs = [i for i in entry.inputs if not i.state]
+    chosen = _shapes_for(entry, shapes)
+    feeds: Dict[str, np.ndarray]
+    if data_path is not None:
+        feeds = _file_feeds(entry, Path(data_path))
+        where = str(data_path)
+    elif chosen is None and entry.validation_path is not None:
+        try:
+            feeds, _ = entry.load_validation_feeds()
+        except ManifestError as exc:
+            raise InputError(f"edged sim: {exc}") from None
+        where = f"validation set {entry.validation_path}"
+    else:
+        if chosen is None and entry.profile_shapes:
+            chosen = dict(entry.profile_shapes[0])
+        feeds = entry.make_feeds(chosen, seed=seed, batch=SYNTHETIC_ROWS)
+        where = f"{SYNTHETIC_ROWS} synthetic inputs (seed {seed})"
+    per_row = {}
+    for i in data_inputs:
+        arr = feeds[i.name]
+        per_row[i.name] = arr.ndim == len(i.sample_shape) + 1
+    primary = entry.primary_input
+    if len(data_inputs) == 1 and not primary.dynamic:
+        rows = np.asarray(feeds[primary.name], dtype=primary.dtype)
+        if not per_row[primary.name]:
+            rows = rows[np.newaxis]
+        shape = (len(rows),) + tuple(int(d) for d in primary.sample_shape)
+        if rows.size != int(np.prod(shape)):
+            raise InputError(f"edged sim: {where}: rows of {rows.shape[1:]} do not fit model {entry.name!r} input "
+                             f"{list(primary.sample_shape)}")
+        return np.ascontiguousarray(rows.reshape(shape))
+    return FeedRows({i.name: np.asarray(feeds[i.name], dtype=i.dtype) for i in data_inputs}, per_row, where)
+
+
+def _file_feeds(entry: Any, path: Path) -> Dict[str, np.ndarray]:
+    """``--data`` for a catalogue model: an ``.npz`` with an array per data input (``x`` = the primary), or
+    rows of the primary input (``.npz`` ``x``, ``.npy``, ``.csv``) for a model with one data input."""
+    from edged.sources.replay import load_inputs
+
+    data_inputs = [i for i in entry.inputs if not i.state]
+    if not path.exists():
+        raise InputError(f"edged sim: {path} does not exist")
+    if path.suffix == ".npz" and len(data_inputs) > 1:
+        with np.load(path) as z:
+            out = {}
+            for i in data_inputs:
+                key = "x" if i.name == entry.primary_input.name and "x" in z else i.name
+                if key not in z:
+                    raise InputError(f"{path}: no array {i.name!r} for model {entry.name!r} (has {sorted(z.files)})")
+                out[i.name] = np.asarray(z[key])
+            return out
+    if len(data_inputs) > 1:
+        raise InputError(f"edged sim: model {entry.name!r} takes inputs {[i.name for i in data_inputs]}: --data must "
+                         "be an .npz with one array per input")
+    rows = load_inputs(path)
+    p = entry.primary_input
+    if p.dynamic:
+        return {p.name: np.asarray(rows)}
+    return {p.name: np.asarray(rows).reshape((len(rows),) + tuple(int(d) for d in p.sample_shape))}
+
+
+def _catalogue_entries(models_dirs: Sequence[str] = ()) -> Dict[str, Any]:
     try:
         from edged.models import Catalogue
-
-        return Catalogue.discover().input_specs()
     except ImportError:
         return {}
+    try:
+        return Catalogue.discover(list(models_dirs)).entries()
+    except ManifestError as exc:  # a --models-dir that does not exist
+        raise ConfigError(f"edged sim: {exc}") from None
 
 
 def _dirs_with_validation() -> List[str]:
@@ -117,11 +274,11 @@ class Target:
 
     path: str = ""
 
-    def send_input(self, model: str, seq: int, array: np.ndarray, ts: float) -> int:
-        """Send one valid input; return bytes sent."""
+    def send_input(self, model: str, seq: int, array: SimInput, ts: float) -> int:
+        """Send one valid input (an array: v1; input name -> array: v2); return bytes sent."""
         raise NotImplementedError
 
-    def send_corrupt(self, rng: random.Random, model: str, array: np.ndarray) -> int:
+    def send_corrupt(self, rng: random.Random, model: str, array: SimInput) -> int:
         """Send one corrupt frame/message; return bytes sent."""
         raise NotImplementedError
 
@@ -165,16 +322,23 @@ class StreamTarget(Target):
         self._pace_t: Optional[float] = None
         self.stop: Optional[threading.Event] = None
 
-    def encode(self, model: str, seq: int, array: np.ndarray, ts: float) -> bytes:
+    def encode(self, model: str, seq: int, array: SimInput, ts: float) -> bytes:
+        if isinstance(array, Mapping):  # v2: several named tensors
+            if self.framing == "lines":
+                if len(array) != 1:
+                    raise ConfigError(f"edged sim: model {model!r} takes inputs {list(array)}: a line carries one; "
+                                      "use --framing cobs")
+                return format_line(next(iter(array.values())).ravel(), model)
+            return build_tensor_cobs_frame({"model": model, "seq": seq, "ts": round(ts, 6)}, array)
         if self.framing == "lines":
             return format_line(array.ravel(), model)
         header = {"model": model, "seq": seq, "ts": round(ts, 6)}
         return build_cobs_frame(header, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
 
-    def send_input(self, model: str, seq: int, array: np.ndarray, ts: float) -> int:
+    def send_input(self, model: str, seq: int, array: SimInput, ts: float) -> int:
         return self.write(self.encode(model, seq, array, ts))
 
-    def send_corrupt(self, rng: random.Random, model: str, array: np.ndarray) -> int:
+    def send_corrupt(self, rng: random.Random, model: str, array: SimInput) -> int:
         return self.write(corrupt_stream_bytes(rng, self.framing, self.encode(model, 0, array, time.time())))
 
     def write(self, data: bytes) -> int:
@@ -327,17 +491,30 @@ class ZmqTarget(Target):
                     raise TargetStopped() from None
                 self.sock.poll(100, zmq.POLLOUT)
 
-    def send_input(self, model: str, seq: int, array: np.ndarray, ts: float) -> int:
+    def send_input(self, model: str, seq: int, array: SimInput, ts: float) -> int:
         import json
 
+        if isinstance(array, Mapping):  # v2: header with "tensors", one frame per tensor (or JSON "inputs")
+            if self.json_messages:
+                msg = {"model": model, "seq": seq, "ts": round(ts, 6),
+                       "inputs": {k: np.asarray(v).tolist() for k, v in array.items()}}
+                return self._send([json.dumps(msg).encode()])
+            return self._send(build_tensor_frames({"model": model, "seq": seq, "ts": round(ts, 6)}, array))
         if self.json_messages:
             msg = {"model": model, "seq": seq, "ts": round(ts, 6), "data": array.ravel().tolist()}
             return self._send([json.dumps(msg).encode()])
         header = json.dumps({"model": model, "seq": seq, "ts": round(ts, 6)}, separators=(",", ":")).encode()
         return self._send([header, np.ascontiguousarray(array).tobytes()])
 
-    def send_corrupt(self, rng: random.Random, model: str, array: np.ndarray) -> int:
+    def send_corrupt(self, rng: random.Random, model: str, array: SimInput) -> int:
         kind = rng.randrange(3)
+        if isinstance(array, Mapping):
+            frames = build_tensor_frames({"model": model}, array)
+            if kind == 0:
+                return self._send([b"{not json", *frames[1:]])
+            if kind == 1:
+                return self._send([frames[0], frames[1][:-1], *frames[2:]])  # one tensor a byte short
+            return self._send([b'{"model":"no_such_model"}', *frames[1:]])
         if kind == 0:
             return self._send([b"{not json", array.tobytes()])
         if kind == 1:
@@ -401,7 +578,7 @@ class SimStats:
 
 def simulate(
     target: Target,
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, SimRows],
     rate_hz: float = 0.0,
     count: int = 0,
     burst: int = 1,
@@ -489,14 +666,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="limit serial/pty writes to the line rate baud/10 bytes/s (a pty has no rate of its own)")
     p.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="model to simulate (repeatable, or 'all' to interleave every model; default all)")
-    p.add_argument("--data", metavar="FILE", help="replay this .npz (array x) or .csv instead of the validation set")
+    p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="extra models directory (repeatable), as for edged run: its models can be simulated too")
+    p.add_argument("--data", metavar="FILE",
+                   help="replay this .npz (array x, or one array per input) or .csv instead of the validation set")
+    p.add_argument("--shape", action="append", default=[], metavar="[INPUT=]DIMS",
+                   help="shape of a dynamic model's input, e.g. 64x48x1 (the primary input) or x=1x64x48x1 "
+                        "(repeatable; default: the manifest's first profile_shapes, or the validation set's)")
     p.add_argument("--rate", type=float, default=10.0, help="inputs per second (0 = as fast as possible; default 10)")
     p.add_argument("--count", type=int, default=0, help="inputs to send (0 = forever, the default)")
     p.add_argument("--burst", type=int, default=1, help="inputs sent back to back per period (default 1)")
     p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="uniform ±jitter on each pause (ms)")
     p.add_argument("--corrupt", type=float, default=0.0, metavar="FRACTION",
                    help="probability of injecting a corrupt frame before an input (0..1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for jitter and corruption")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for jitter, corruption and synthetic inputs (models without a validation set)")
     p.add_argument("--progress", type=float, default=5.0, metavar="S", help="progress line interval (s, 0 = off)")
 
 
@@ -505,7 +689,15 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--corrupt must be between 0 and 1, got {args.corrupt}")
     if args.rate < 0 or args.count < 0 or args.burst < 1 or args.jitter < 0:
         raise ConfigError("--rate, --count and --jitter must be >= 0 and --burst >= 1")
-    inputs = load_sim_inputs(args.model or ["all"], args.data)
+    shapes = dict(parse_shape(t) for t in args.shape)
+    inputs = load_sim_inputs(args.model or ["all"], args.data, models_dirs=args.models_dir, seed=args.seed,
+                             shapes=shapes)
+    if args.zmq is None:
+        check_framing(inputs, args.framing)
+    for name, rows in inputs.items():
+        if isinstance(rows, FeedRows):
+            shown = ", ".join(f"{k} {list(v.shape[1:] if rows.per_row[k] else v.shape)}" for k, v in rows.feeds.items())
+            print(f"edged sim: {name}: {rows.where}; protocol v2 ({shown})", file=sys.stderr, flush=True)
     stop = threading.Event()
     # SIGINT/SIGTERM set stop from a watcher thread: Event.set() in a signal handler can deadlock
     # against the pacing loop's stop.wait() (see edged.signals)
@@ -526,6 +718,23 @@ def main(args: argparse.Namespace) -> int:
                 _wait_drained(target, stop)
         print(stats.summary(), flush=True)
     return 0
+
+
+def check_framing(inputs: Mapping[str, SimRows], framing: str) -> None:
+    """``lines`` carry one input per line: refuse (ConfigError) a model with several data inputs or a
+    multi-dimensional dynamic input before sending anything."""
+    if framing != "lines":
+        return
+    for name, rows in inputs.items():
+        if not isinstance(rows, FeedRows):
+            continue
+        if len(rows.feeds) > 1:
+            raise ConfigError(f"edged sim: model {name!r} takes inputs {list(rows.feeds)}: a line carries one input; "
+                              "use --framing cobs (or --zmq)")
+        (key, arr), = rows.feeds.items()
+        if (arr.ndim - (1 if rows.per_row[key] else 0)) > 1:
+            raise ConfigError(f"edged sim: model {name!r} has a dynamic input {key!r} of {arr.ndim - 1} dimensions: "
+                              "a line cannot carry its shape; use --framing cobs (or --zmq)")
 
 
 def _wait_drained(target: Target, stop: threading.Event, timeout_s: float = 10.0) -> None:

@@ -202,3 +202,98 @@ def test_sim_stops_promptly_on_sigterm_under_backpressure_with_summary() -> None
     assert f"(cnn={sent})" in summary
     assert "stopped while the receiver was not reading" in summary
 
+
+
+# --------------------------------------------------------------------------- any catalogue model (protocol v2)
+
+
+@pytest.fixture(scope="module")
+def user_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir with the 3-input stateful model (no validation set) and the dynamic H x W model."""
+    from tests import modelgen as g
+
+    root = tmp_path_factory.mktemp("user_models")
+    g.write_model(root, "vad", g.STATEFUL_MANIFEST, {"onnx": ("model.onnx", g.onnx_stateful())})
+    g.write_model(root, "seg", g.DYNAMIC_MANIFEST, {"onnx": ("model.onnx", g.onnx_dynamic_hw())})
+    return root
+
+
+def _entries(root: Path) -> dict:
+    from edged.models import Catalogue
+
+    return Catalogue.discover([root]).entries()
+
+
+@pytest.mark.timeout(60)
+def test_sim_models_dir_drives_a_multi_input_model_as_v2_into_a_real_zmq_source(user_models: Path) -> None:
+    entries = _entries(user_models)
+    got = Collector()
+    src = ZmqSource(entries, endpoint="tcp://127.0.0.1:*")
+    stop = threading.Event()
+    src.start(got, stop)
+    assert src.ready.wait(5)
+    try:
+        proc = _sim("--models-dir", str(user_models), "--model", "vad", "--zmq", src.bound_endpoint or "",
+                    "--rate", "0", "--count", "100", "--seed", "4", "--corrupt", "0.2", "--progress", "0")
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "sent 100 inputs (vad=100)" in out
+        assert "vad: 64 synthetic inputs (seed 4); protocol v2 (x [16], sr [1])" in err
+        corrupt = int(out.split("), ")[1].split(" ")[0])
+        assert wait_until(lambda: len(got) == 100 and src.stats.rejected_total == corrupt, 10), src.stats.snapshot()
+    finally:
+        stop.set()
+    assert corrupt > 0 and src.stats.errors == 0
+    expected = entries["vad"].make_feeds(seed=4, batch=64)  # what the sim promises: seeded synthetic inputs
+    assert [s.seq for s in got.samples] == list(range(100))
+    for s in got.samples:
+        feeds = s.feeds or {}
+        assert set(feeds) == {"x", "sr"} and s.array is feeds["x"]
+        assert np.array_equal(feeds["x"], expected["x"][s.seq % 64]) and np.array_equal(feeds["sr"], expected["sr"])
+        assert feeds["sr"].dtype == np.int64
+
+
+@pytest.mark.timeout(60)
+def test_sim_dynamic_model_over_a_pty_with_cobs_sends_the_chosen_shape(user_models: Path) -> None:
+    proc = _sim("--models-dir", str(user_models), "--model", "seg", "--shape", "24x20x1", "--pty", "--framing",
+                "cobs", "--rate", "200", "--count", "40", "--progress", "0")
+    got = Collector()
+    stop = threading.Event()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("edged sim: serial device ready at /dev/"), line
+        src = SerialSource(_entries(user_models), line.rsplit(" ", 1)[1].strip(), framing="cobs")
+        src.start(got, stop)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "sent 40 inputs (seg=40)" in out and "protocol v2 (x [24, 20, 1])" in err
+    assert got.samples and src.stats.rejected_total == 0
+    assert all(s.array.shape == (24, 20, 1) and s.feeds is None for s in got.samples)
+
+
+def test_sim_refuses_what_a_line_cannot_carry_and_a_shape_the_model_does_not_take(user_models: Path) -> None:
+    for args, why in ((["--model", "vad", "--pty"], "a line carries one input; use --framing cobs"),
+                      (["--model", "seg", "--pty"], "a line cannot carry its shape"),
+                      (["--model", "seg", "--shape", "24x20x3", "--pty", "--framing", "cobs"], "input 'x' is [")):
+        proc = _sim("--models-dir", str(user_models), *args, "--count", "1")
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == EXIT_CONFIG and why in err, err
+
+
+def test_load_sim_inputs_reads_every_input_of_a_validation_set(tmp_path: Path) -> None:
+    from edged.sim import FeedRows
+    from tests import modelgen as g
+
+    x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
+    g.write_model(tmp_path, "vad", g.STATEFUL_MANIFEST, {"onnx": ("model.onnx", g.onnx_stateful())},
+                  validation={"x": x, "sr": np.array([8000], np.int64)})
+    inputs = load_sim_inputs(["vad", "mlp"], models_dirs=[str(tmp_path)])
+    rows = inputs["vad"]
+    assert isinstance(rows, FeedRows) and len(rows) == 5 and "validation set" in rows.where
+    assert np.array_equal(rows[3]["x"], x[3]) and rows[3]["sr"].tolist() == [8000] and "h" not in rows[3]
+    assert np.array_equal(inputs["mlp"], MLP_X)  # a one-input model: rows of its input, sent as v1
