@@ -197,3 +197,19 @@ def test_topic_pattern_and_config_errors():
     assert "sources[1].format = 'bin': expected one of 'auto', 'raw'" in msg
     assert "sources[1].topic_pattern = 'x/{device}': expected a pattern" in msg
     time.sleep(0)
+
+
+def test_without_paho_everything_imports_and_open_names_the_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['paho'] = None; sys.modules['paho.mqtt'] = None; "
+            "sys.modules['paho.mqtt.client'] = None\n"
+            "import edged.sinks, edged.sinks.mqtt, edged.sources.mqtt\n"
+            "from edged.sources.mqtt import MqttSource, MqttSourceConfig\n"
+            "from edged.runtime.base import TensorSpec\n"
+            "cfg = MqttSourceConfig.from_mapping({'type': 'mqtt', 'topics': ['edged/in/#']}, 'sources[0]')\n"
+            "src = MqttSource({'mlp': TensorSpec('input', (None, 30), 'float32', 'NC')}, cfg)\n"
+            "try:\n    src.open()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "SourceError source 'mqtt' needs paho-mqtt: pip install 'edged[mqtt]'" in out.stdout, out

@@ -272,10 +272,14 @@ class ResultSink(abc.ABC):
     def publish_many(self, results: Sequence[Result]) -> None:
         """Send ``results`` (already filtered) without blocking; count what could not be sent."""
 
-    def stats(self) -> Dict[str, Any]:
-        """JSON-ready counters."""
-        return {"sink": self.name, "type": self.type_name, "published": self.published, "dropped": self.dropped,
-                "filtered": self.filtered, "errors": self.errors}
+    def stats(self) -> Dict[str, int]:
+        """Counters (ints only; what the sink is and where it points: :meth:`info`)."""
+        return {"published": self.published, "dropped": self.dropped, "filtered": self.filtered,
+                "errors": self.errors}
+
+    def info(self) -> Dict[str, Any]:
+        """What the sink is: ``{"sink": name, "type": ..., ...}`` (endpoint, broker, form ...)."""
+        return {"sink": self.name, "type": self.type_name}
 
     def state(self) -> Optional[str]:
         """A short line for systemd ``STATUS=`` when the sink is not working normally, else None."""
@@ -343,14 +347,15 @@ class SinkSet:
     def publish(self, result: Result) -> None:
         self.publish_many([result])
 
-    def stats(self) -> Dict[str, Dict[str, Any]]:
-        """sink name -> its counters (a failing ``stats()`` shows as ``{"error": ...}``)."""
-        out: Dict[str, Dict[str, Any]] = {}
+    def stats(self) -> Dict[str, Dict[str, int]]:
+        """sink name -> its counters (a failing ``stats()`` counts as ``{"errors": 1}`` and is logged)."""
+        out: Dict[str, Dict[str, int]] = {}
         for s in self.sinks:
             try:
                 out[s.name] = s.stats()
             except Exception as exc:
-                out[s.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                self._log(logging.ERROR, f"stats:{s.name}", "sink %s: stats() failed: %s", s.name, exc)
+                out[s.name] = {"errors": 1}
         return out
 
     def states(self) -> List[str]:

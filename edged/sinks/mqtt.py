@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Optional, Sequence, Set
 
-from edged.sinks.base import Result, ResultSink, describe_outputs, header_of, output_items
+from edged.sinks.base import Result, ResultSink, SinkConfig, describe_outputs, header_of, output_items
 from edged.sinks.mqtt_broker import (
     BrokerConfig,
     connect_kwargs,
@@ -71,7 +71,7 @@ def _check_topic(value: str) -> Optional[str]:
 
 
 @dataclass(frozen=True)
-class MqttSinkConfig(BrokerConfig):
+class MqttSinkConfig(SinkConfig, BrokerConfig):
     """``[[sinks]] type = "mqtt"``: the broker keys of :class:`BrokerConfig` plus:
 
     Attributes:
@@ -310,16 +310,20 @@ class MqttSink(ResultSink):
         """Results handed over and not yet delivered or dropped."""
         return len(self._handoff) + len(self._outstanding)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> Dict[str, int]:
+        """Counters; at any time ``results == delivered + dropped + queued``."""
         with self._lock:
             queued = len(self._handoff) + len(self._outstanding) + (1 if self._busy else 0)
             s = super().stats()
             s.update(results=self.results, delivered=self.delivered, queued=queued,
                      dropped=self.refused_full + self.refused + self.lost,
                      refused=self.refused_full + self.refused, lost=self.lost,
-                     connected=self._connected.is_set(), connects=self.connects, disconnects=self.disconnects,
-                     broker=self.cfg.url, qos=self.cfg.qos)
+                     connected=int(self._connected.is_set()), connects=self.connects, disconnects=self.disconnects)
         return s
+
+    def info(self) -> Dict[str, Any]:
+        return {**super().info(), "broker": self.cfg.url, "topic": self.cfg.topic, "qos": self.cfg.qos,
+                "retain": self.cfg.retain}
 
     def wait_delivered(self, timeout_s: float) -> bool:
         """Wait until nothing is queued (at most ``timeout_s``); True if so."""

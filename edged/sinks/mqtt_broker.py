@@ -11,12 +11,13 @@ import errno
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional, Type, TypeVar
 
 from edged.errors import EdgedError, MissingDependencyError
-from edged.sinks.base import SinkConfig
+from edged.sinks.base import build_config
 
 PROTOCOLS = ("3.1.1", "5")
+B = TypeVar("B", bound="BrokerConfig")
 
 
 def import_paho(what: str) -> Any:
@@ -46,10 +47,11 @@ def describe_os_error(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class BrokerConfig(SinkConfig):
+class BrokerConfig:
     """Where the broker is and how to log in (keys of an ``mqtt`` sink or source table).
 
     Attributes:
+        type, name: the table's type (``mqtt``) and the sink's or source's name.
         host, port: the broker (1883 plain, 8883 usually TLS).
         client_id: MQTT client id; empty = ``edged-<hostname>-<name>``.
         protocol: ``3.1.1`` or ``5``.
@@ -62,6 +64,8 @@ class BrokerConfig(SinkConfig):
         reconnect_min_s, reconnect_max_s: reconnect backoff, doubling from min to max (s).
     """
 
+    type: str = "mqtt"
+    name: str = ""
     host: str = "localhost"
     port: int = field(default=1883, metadata={"min": 1, "max": 65535})
     client_id: str = ""
@@ -77,6 +81,15 @@ class BrokerConfig(SinkConfig):
     tls_insecure: bool = False
     reconnect_min_s: float = field(default=0.5, metadata={"min": 0.01})
     reconnect_max_s: float = field(default=30.0, metadata={"min": 0.01})
+
+    @classmethod
+    def from_mapping(cls: Type[B], raw: Mapping[str, Any], where: str = "sources[0]") -> B:
+        """Build from one config table; ConfigError lists every bad key (``<where>.<key> = ...: expected ...``)."""
+        return build_config(cls, raw, where)
+
+    def label(self) -> str:
+        """``mqtt sink 'results'`` for messages."""
+        return f"{self.type} {'sink' if hasattr(self, 'filter') else 'source'} {self.name or self.type!r}"
 
     def problems(self) -> List[str]:
         out: List[str] = []

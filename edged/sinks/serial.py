@@ -261,7 +261,10 @@ class SerialReplySink(ResultSink):
             except Exception as exc:
                 self.count_error("cannot reply to a result", exc)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> Dict[str, int]:
         s = super().stats()
-        s.update(unroutable=self.unroutable, bytes_written=self.bytes_written, form=self.cfg.form)
+        s.update(unroutable=self.unroutable, bytes_written=self.bytes_written)
         return s
+
+    def info(self) -> Dict[str, Any]:
+        return {**super().info(), "form": self.cfg.form, "sources": list(self.cfg.sources)}

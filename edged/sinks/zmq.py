@@ -267,10 +267,14 @@ class ZmqSink(ResultSink):
                 except Exception as exc:  # one result's failure costs only that result
                     self.count_error("cannot publish a result", exc)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> Dict[str, int]:
         s = super().stats()
-        s.update(subscriptions=self.subscriptions, endpoint=self.bound_endpoint or self.cfg.endpoint)
+        s["subscriptions"] = self.subscriptions
         return s
+
+    def info(self) -> Dict[str, Any]:
+        return {**super().info(), "endpoint": self.bound_endpoint or self.cfg.endpoint, "bind": self.cfg.bind,
+                "topic": self.cfg.topic}
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Give queued results up to ``min(linger_ms, timeout_s)`` to reach subscribers, then close."""

@@ -157,8 +157,8 @@ class MqttSource(Source):
             return
         try:
             client = make_client(self.cfg, _WHAT, clean=self.cfg.clean_session)
-        except EdgedError as exc:
-            raise SourceError(f"mqtt source {self.name!r}: {exc}") from None
+        except EdgedError as exc:  # names the source and what to do (install paho, fix a file)
+            raise SourceError(str(exc)) from None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
