@@ -105,7 +105,8 @@ def test_simulate_in_process_lines_with_corruption_bursts_and_jitter() -> None:
         target.close()
     assert stats.sent == {"mlp": 200, "cnn": 200} and stats.corrupt > 0
     assert [s.model for s in got.samples[:4]] == ["mlp", "cnn", "mlp", "cnn"]
-    assert np.array_equal(got.samples[0].array, inputs["mlp"][0])
+    mlp = inputs["mlp"]
+    assert isinstance(mlp, np.ndarray) and np.array_equal(got.samples[0].array, mlp[0])
 
 
 def test_sim_argument_errors() -> None:
@@ -171,8 +172,9 @@ def test_sim_stops_promptly_on_sigterm_under_backpressure_with_summary() -> None
                 "--progress", "0.2")
     lines: list = []
     try:
-        assert proc.stderr is not None
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        stderr = proc.stderr
+        assert stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
         reader.start()
         # a blocked sender prints no progress: wait until the count stops growing for a whole second
         last, still_since = -1, 0.0
@@ -296,4 +298,5 @@ def test_load_sim_inputs_reads_every_input_of_a_validation_set(tmp_path: Path) -
     rows = inputs["vad"]
     assert isinstance(rows, FeedRows) and len(rows) == 5 and "validation set" in rows.where
     assert np.array_equal(rows[3]["x"], x[3]) and rows[3]["sr"].tolist() == [8000] and "h" not in rows[3]
-    assert np.array_equal(inputs["mlp"], MLP_X)  # a one-input model: rows of its input, sent as v1
+    mlp = inputs["mlp"]
+    assert isinstance(mlp, np.ndarray) and np.array_equal(mlp, MLP_X)  # one input: rows of it, sent as v1
