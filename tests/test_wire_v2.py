@@ -281,5 +281,10 @@ def test_a_loaded_model_contract_takes_its_quantised_integer_dtype_too(entries: 
     q = np.arange(30, dtype=np.int8)
     src.handle_message(build_tensor_frames({"model": "mlp"}, {"input": q}), got)
     src.handle_message(build_tensor_frames({"model": "plain"}, {"input": q}), got)
-    assert len(got) == 1 and got.samples[0].array.dtype == np.int8 and np.array_equal(got.samples[0].array, q)
-    assert src.stats.rejected == {"dtype_mismatch": 1}
+    src.handle_message([b'{"model":"mlp","seq":5,"dtype":"int8"}', q.tobytes()], got)  # v1 naming the int type
+    src.handle_message([b'{"model":"plain","dtype":"int8"}', q.tobytes()], got)
+    src.handle_message([b'{"model":"mlp","seq":6}', np.ones(30, np.float32).tobytes()], got)  # and float still
+    assert [s.array.dtype for s in got.samples] == [np.int8, np.int8, np.float32]
+    assert np.array_equal(got.samples[0].array, q) and np.array_equal(got.samples[1].array, q)
+    assert got.samples[1].seq == 5 and got.samples[1].feeds is None
+    assert src.stats.rejected == {"dtype_mismatch": 2}

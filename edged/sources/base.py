@@ -25,6 +25,7 @@ from edged.sources.validate import (
     inputs_from_json,
     make_sample,
     model_contract,
+    v1_in_other_dtype,
 )
 
 log = logging.getLogger("edged.sources")
@@ -167,6 +168,7 @@ class Source(abc.ABC):
         Raises :class:`FrameError` (carrying ``header`` for attribution) on any refusal.
         """
         try:
+            header = v1_in_other_dtype(self.contracts, header)
             info = check_header(self.specs, header)
             arr, feeds = inputs_from_frames(self.contracts[info.model], info, header, payloads)
         except FrameError as err:
@@ -179,6 +181,7 @@ class Source(abc.ABC):
         """A parsed header and its payload bytes (COBS frame, MQTT binary): v1 one array, v2 the
         ``tensors`` back to back. Raises :class:`FrameError` (carrying ``header``)."""
         try:
+            header = v1_in_other_dtype(self.contracts, header)
             info = check_header(self.specs, header)
             arr, feeds = inputs_from_body(self.contracts[info.model], info, header, body)
         except FrameError as err:

@@ -841,3 +841,27 @@ def inputs_from_values(contract: ModelContract, values: Any) -> np.ndarray:
         if err.reason == "missing_shape":
             err.detail += " (a line cannot carry 'shape': use cobs framing)"
         raise
+
+
+def v1_in_other_dtype(contracts: Mapping[str, ModelContract], header: Dict[str, Any]) -> Dict[str, Any]:
+    """A v1 binary header whose ``dtype`` names another dtype the primary input takes (a quantised
+    input's integer type) as the equivalent one-tensor v2 header; any other header unchanged."""
+    dt = header.get("dtype")
+    if dt is None or "tensors" in header:
+        return header
+    model = header.get("model")
+    contract = contracts.get(model) if isinstance(model, str) else None
+    if contract is None or len(contract.primary.dtypes) == 1 or not contract.v1:
+        return header
+    try:
+        chosen = _tensor_dtype(contract.primary, contract.name, dt)
+    except FrameError:
+        return header  # check_header names the problem
+    if chosen == contract.primary.dtypes[0]:
+        return header
+    tensor: Dict[str, Any] = {"name": contract.primary.name, "dtype": dt}
+    if "shape" in header:
+        tensor["shape"] = header["shape"]
+    out = {k: v for k, v in header.items() if k not in ("dtype", "shape")}
+    out["tensors"] = [tensor]
+    return out
