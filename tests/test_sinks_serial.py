@@ -10,7 +10,6 @@ import select
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -266,4 +265,3 @@ def test_writer_that_raises_costs_only_its_result(catalogue):
     SinkSet([sink]).publish_many(results)
     st = sink.stats()
     assert st["errors"] == 1 and st["published"] == 3
-    time.sleep(0)  # nothing asynchronous here
