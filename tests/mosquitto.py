@@ -94,7 +94,10 @@ class Broker:
                 subprocess.run([MOSQUITTO_PASSWD or "mosquitto_passwd", "-b", str(pw), user, password],
                                check=True, capture_output=True, timeout=30)
             os.chmod(pw, 0o600)
-            lines += [f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}"]
+            acl = self.dir / "acl"  # every user may use everything but edged/results/denied/...
+            acl.write_text("pattern readwrite #\npattern deny edged/results/denied/#\n")
+            lines += [f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {pw}",
+                      f"acl_file {acl}"]
         if self.tls_port:
             c = self.certs
             lines += [f"listener {self.tls_port} 127.0.0.1", "allow_anonymous true", f"cafile {c['ca']}",

@@ -185,6 +185,25 @@ def test_username_password_and_a_wrong_password(broker, catalogue, tmp_path):
     assert st["queued"] == 0 and st["dropped"] == 50 and _balanced(st)  # still queued at close: counted dropped
 
 
+def test_mqtt5_results_the_broker_refuses_count_as_dropped(broker, catalogue):
+    results = model_results(catalogue, 10)
+    for r in results[1::2]:
+        r.record["model"] = "denied"  # the broker's ACL forbids edged/results/denied/#
+    sub = Subscriber(broker.port, client_id="test-sub-acl")
+    sink = _sink(broker.auth_port, username="edge", password="s3cret", protocol="5", client_id="acl")
+    try:
+        sink.publish_many(results)
+        assert sink.wait_delivered(10)
+        st = sink.stats()
+        assert st["delivered"] == 5 and st["dropped"] == 5 and st["lost"] == 5 and _balanced(st)
+        assert wait_until(lambda: len(sub.unique()) == 5, 10)
+        time.sleep(0.3)
+        assert sorted(k[2] for k in sub.unique()) == [0, 2, 4, 6, 8]
+    finally:
+        sink.close(1)
+        sub.close()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 def test_tls_with_client_certificate_and_the_insecure_flag(tmp_path, catalogue):
     b = Broker(tmp_path / "tls", tls=True)

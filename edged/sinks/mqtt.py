@@ -20,7 +20,9 @@ the sink ends in exactly one of
 * ``queued``: handed over and still waiting (QoS >= 1 while the broker is down: delivered
   after the reconnect; counted as dropped if still waiting at ``close``),
 
-so ``results == delivered + dropped + queued`` at any time. QoS 1 may deliver a result
+so ``results == delivered + dropped + queued`` at any time. With ``protocol = "5"`` a result
+the broker refuses (PUBACK reason code, e.g. an ACL forbidding its topic) counts as dropped;
+MQTT 3.1.1 has no such code: brokers acknowledge and discard it. QoS 1 may deliver a result
 twice to a subscriber after a reconnect (at-least-once): the header's ``model``,
 ``sender`` and ``seq`` identify duplicates.
 """
@@ -109,8 +111,9 @@ class MqttSink(ResultSink):
         self.cfg = config
         self.results = 0
         self.delivered = 0
-        self.refused = 0      # dropped at once (not connected for QoS 0, queue full, paho error)
-        self.lost = 0         # QoS 0 queued when the connection broke; QoS >= 1 still waiting at close
+        self.refused = 0      # publisher thread: QoS 0 while disconnected, a paho error
+        self.lost = 0         # QoS 0 queued when the connection broke; refused by the broker (v5 PUBACK
+        #                       reason code, e.g. not authorised for the topic); still waiting at close
         self.connects = 0
         self.disconnects = 0
         self._client: Any = None
@@ -205,6 +208,14 @@ class MqttSink(ResultSink):
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any = None,
                     properties: Any = None) -> None:
+        if reason_code is not None and is_failure(reason_code):  # MQTT 5: the broker refused this message
+            with self._lock:
+                if self._outstanding.pop(mid, None) is None:
+                    self._early.add(-mid - 1)  # refused before publish() returned: see _publish_one
+                self.lost += 1
+            self._log(logging.ERROR, "puback", "sink %s: broker %s refused a result: %s (does an ACL forbid "
+                      "its topic?)", self.name, self.cfg.url, reason_code)
+            return
         with self._lock:
             if self._outstanding.pop(mid, None) is not None:
                 self.delivered += 1
@@ -294,6 +305,8 @@ class MqttSink(ResultSink):
                 if info.mid in self._early:
                     self._early.discard(info.mid)
                     self.delivered += 1
+                elif -info.mid - 1 in self._early:  # refused by the broker already (counted in lost)
+                    self._early.discard(-info.mid - 1)
                 elif qos == 0 and not self._connected.is_set():
                     self.lost += 1  # the connection broke while we queued it (moved to delivered if written)
                     self._swept.add(info.mid)
