@@ -259,7 +259,7 @@ class Daemon:
         self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
         self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)
         self._router_thread.start()
-        specs = {n: m.entry.input for n, m in self.models.items()}
+        specs = dict(self.models)  # every input of each model's contract, and a quantised input's integer type
         self.sources = self._build_sources(specs)
         opened: List[Any] = []
         try:

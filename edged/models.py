@@ -1000,6 +1000,10 @@ class LoadedModel:
         out = self.backend.infer_named(file_feeds)
         return {name: out[fname] for name, fname in self._outputs}
 
+    def accepted_dtypes(self, name: str) -> Tuple[str, ...]:
+        """The dtypes a sender may send for input ``name``: the manifest's, and a quantised tensor's integer type."""
+        return self._inputs[name].accepted
+
     def predict(self, x: Any, validate: bool = True) -> np.ndarray:
         """Run one sample or a batch of the primary input; return the first declared output.
 
