@@ -177,6 +177,15 @@ def test_poison_frames_in_one_burst_cost_no_valid_input(tmp_path):
     st = stats_json(tmp_path / "logs")["sources"]["zmq"]
     assert st["accepted"] == n_valid
     assert sum(st["rejected"].values()) == n_poison, st["rejected"]
+    assert sum(st["unattributed"].values()) == n_poison - n_attr, "garbage without a record is counted apart"
+    # tail and report show both: rejected records by reason, and the unattributable garbage from stats.json
+    from .conftest import run_edged
+
+    rep = run_edged(["report", str(tmp_path / "logs")])
+    assert rep.returncode == 0 and "rejected" in rep.stdout, rep.stderr
+    assert f"unattributable input: {n_poison - n_attr}" in rep.stdout or str(n_poison - n_attr) in rep.stdout
+    tail = run_edged(["tail", "--dir", str(tmp_path / "logs")])
+    assert tail.returncode == 0 and f"unattributable input: {n_poison - n_attr}" in tail.stderr, tail.stderr
     assert st["lost_in_transit"] == 0, "refused frames never count as lost in transit"
 
 

@@ -225,11 +225,13 @@ class Source(abc.ABC):
             if about["model"] is None and isinstance(model, str) and model in self.specs:
                 about["model"] = model
             model_name = about["model"]
-            if model_name is None:
-                return  # unattributable garbage: counters only
+            callback = self.on_rejected
+            if model_name is None or callback is None:
+                self.stats.count_unattributed(reason)  # garbage with no record: it lives in the counters only
+                if model_name is None:
+                    return
             if about["seq"] is not None:
                 self.stats.note_rejected_seq((about["sender"] or "", model_name), about["seq"])
-            callback = self.on_rejected
             if callback is None:
                 return
             callback(Rejection(
@@ -239,6 +241,7 @@ class Source(abc.ABC):
             ))
         except Exception:
             self.stats.count_error()
+            self.stats.count_unattributed(reason)  # its record was not written
             self._log_traceback("on_rejected callback failed")
 
     def reject_error(self, err: FrameError, t_arrival: Optional[float] = None, model: Optional[str] = None,

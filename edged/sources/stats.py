@@ -45,6 +45,7 @@ class SourceStats:
         self.name = name
         self.accepted = 0
         self.rejected: Dict[str, int] = {}
+        self.unattributed: Dict[str, int] = {}  # rejections without a decision record (see count_unattributed)
         self.lost_in_transit = 0
         self.seq_restarts = 0
         self.garbage_bytes = 0
@@ -83,6 +84,12 @@ class SourceStats:
             suppressed = self._suppressed.pop(reason, 0)
         more = f" (+{suppressed} more since last report)" if suppressed else ""
         log.warning("source %s rejected input: %s: %s%s", self.name, reason, detail or "-", more)
+
+    def count_unattributed(self, reason: str) -> None:
+        """One of the rejections counted by :meth:`count_rejected` that has no decision record (its header
+        named no loaded model): ``edged tail`` and ``edged report`` show these from ``stats.json``."""
+        with self._lock:
+            self.unattributed[reason] = self.unattributed.get(reason, 0) + 1
 
     def count_garbage(self, nbytes: int) -> None:
         with self._lock:
@@ -170,6 +177,7 @@ class SourceStats:
                 "accepted": self.accepted,
                 "rejected": dict(sorted(self.rejected.items())),
                 "rejected_total": sum(self.rejected.values()),
+                "unattributed": dict(sorted(self.unattributed.items())),
                 "lost_in_transit": self.lost_in_transit,
                 "seq_restarts": self.seq_restarts,
                 "tracked_senders": len(self._last_seq),
