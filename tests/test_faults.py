@@ -30,6 +30,11 @@ pytestmark = pytest.mark.timeout(180)
 MLP_X = np.load(REPO / "models" / "mlp" / "validation.npz")["x"].astype(np.float32)
 
 
+def report(case: str, sent: int, recorded: int, rejected: int, lost: int, note: str = "") -> None:
+    """One row of the fault table (run with -s to see it): what went in and where each input ended."""
+    print(f"\nFAULT | {case} | sent {sent} | recorded {recorded} | rejected {rejected} | lost {lost} | {note}")
+
+
 class Daemon:
     """``edged run`` as a subprocess whose output goes through a pipe (so a file-size limit on the
     daemon cannot truncate what the test reads), with its own sd_notify socket."""
@@ -175,6 +180,8 @@ def test_poison_frames_in_one_burst_cost_no_valid_input(tmp_path):
     c = stop_counts(d.output)
     assert c["accepted"] == c["decided"] == n_valid and c["rejected_at_ingest"] == n_attr
     st = stats_json(tmp_path / "logs")["sources"]["zmq"]
+    report("poison frames in 3 bursts", n_valid + n_poison, len(ok), len(rejected), n_valid - len(ok),
+           f"{n_poison} poison frames: {n_attr} rejected records, {n_poison - n_attr} unattributable in counters")
     assert st["accepted"] == n_valid
     assert sum(st["rejected"].values()) == n_poison, st["rejected"]
     assert sum(st["unattributed"].values()) == n_poison - n_attr, "garbage without a record is counted apart"
@@ -223,7 +230,8 @@ def test_many_unique_senders_keep_memory_bounded(tmp_path):
     ok = [r for r in recs if r["decision"] == "local"]
     assert len(ok) == n and len({r["sender"] for r in ok}) == n
     growth = rss[n] - rss[10_000]
-    print(f"RSS after 10k senders {rss[10_000]:.1f} MB, after 100k {rss[n]:.1f} MB (growth {growth:.1f} MB)")
+    report("100 000 unique senders + 2 000 16 KiB senders", n + n // 50, len(ok), len(recs) - len(ok), n - len(ok),
+           f"RSS {rss[10_000]:.1f} MB at 10k, {rss[n]:.1f} MB at 100k (growth {growth:.1f} MB, bound 16 MB)")
     assert growth < 16.0, f"per-sender state must be bounded: RSS grew {growth:.1f} MB from 10k to 100k senders"
     st = stats_json(tmp_path / "logs")["sources"]["zmq"]
     assert st["lost_in_transit"] == 0
@@ -271,6 +279,8 @@ def test_file_size_limit_counts_every_record_and_exits_nonzero(tmp_path):
     assert c["accepted"] == n
     assert 0 < len(written) < n
     assert len(written) + c["records_lost"] == n, (len(written), c)
+    report("RLIMIT_FSIZE 64 KiB", n, len(written), 0, c["records_lost"],
+           f"exit {rc}; written {len(written)} + counted lost {c['records_lost']} = accepted {c['accepted']}")
     assert sorted(r["seq"] for r in written) == sorted(set(r["seq"] for r in written))
 
 
@@ -286,6 +296,7 @@ def test_unwritable_logs_dir_fails_before_ready(tmp_path):
     finally:
         d.close()
     assert rc != 0
+    report("unwritable logs dir", 0, 0, 0, 0, f"exit {rc} before READY")
     assert not d.notify.times("READY=1"), "never READY with nowhere to write records"
     assert str(blocker / "logs") in d.output and "Traceback" not in d.output
 
@@ -320,7 +331,9 @@ model = "mlp"
         os.close(master)
         os.close(slave)
     recs = parse_all(read_lines(tmp_path / "logs"))
-    assert len([r for r in recs if r["source"] == "uart" and r["decision"] == "local"]) == n
+    got = len([r for r in recs if r["source"] == "uart" and r["decision"] == "local"])
+    report("serial lines within 1 ms of READY", n, got, 0, n - got)
+    assert got == n
 
 
 def test_zmq_port_in_use_exits_nonzero_before_ready(tmp_path):
@@ -336,6 +349,7 @@ def test_zmq_port_in_use_exits_nonzero_before_ready(tmp_path):
         d.close()
         holder.close()
     assert rc != 0
+    report("ZeroMQ port in use", 0, 0, 0, 0, f"exit {rc} before READY")
     assert not d.notify.times("READY=1")
     assert f"tcp://127.0.0.1:{port}" in d.output and "EADDRINUSE" in d.output, d.output
 
@@ -354,7 +368,7 @@ def test_sigterm_during_profiling_stops_within_two_seconds(tmp_path):
         took = time.monotonic() - t0
     finally:
         d.close()
-    print(f"SIGTERM during profiling: exited {rc} after {took:.2f}s")
+    report("SIGTERM during start-up profiling", 0, 0, 0, 0, f"exit {rc} {took:.2f}s after the signal")
     assert rc == 0, d.output
     assert took < 2.0, f"took {took:.2f}s"
     assert not d.notify.times("READY=1")
@@ -413,7 +427,8 @@ def test_sigterm_at_5000_per_s_records_every_message_that_reached_the_daemon(tmp
     assert len(recorded) == len(set(recorded)) == c["accepted"] == c["decided"]
     assert not set(recorded) & later, "an input recorded by the daemon was also still queued"
     missing = set(range(sent)) - set(recorded) - later
-    print(f"sent {sent}, recorded {len(recorded)}, still queued at the sender {len(later)}, missing {len(missing)}")
+    report("SIGTERM at 5 000 inputs/s", sent, len(recorded), 0, len(missing),
+           f"{len(later)} still queued at the sender after the unbind, received by the next PULL")
     # PUSH/PULL has no acknowledgements: a message inside the kernel's socket buffers at the instant the
     # daemon closes its socket never reached the daemon, and the sender cannot know. The daemon reads
     # everything libzmq has received before it closes, so at a rate it keeps up with that is at most a
