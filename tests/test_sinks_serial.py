@@ -166,12 +166,27 @@ def test_loop_url_and_a_busy_port_counts_drops(catalogue):
     results = _from_pty(catalogue, 5)
     busy = [True, False, True, False, True]
     calls = iter(busy)
-    sink = _sink("text", lambda src: (lambda data: next(calls) and port(data)), seq=True)
-    sink.publish_many(results)
+    writes: List[bytes] = []
+
+    def write(data: bytes) -> bool:
+        writes.append(data)
+        return next(calls) and port(data)
+
+    sink = _sink("text", lambda src: write, seq=True)
+    for r in results:  # one result per call, as with batch 1
+        sink.publish_many([r])
     got = port.port.read(4096).decode().splitlines()
     assert [ln.split(":")[0] for ln in got] == [f"mlp@{r.record['seq']}" for r, ok in zip(results, busy) if ok]
     st = sink.stats()
     assert st["published"] == 3 and st["dropped"] == 2
+    # a batch goes to its port in one write, whole or not at all
+    calls = iter([False, True])
+    sink.publish_many(results)
+    assert sink.stats()["dropped"] == 7 and port.port.read(4096) == b""
+    sink.publish_many(results)
+    assert len(writes) == 7 and writes[-1].count(b"\n") == 5
+    assert port.port.read(4096).decode().splitlines() == [ln.decode() for ln in writes[-1].splitlines()]
+    assert sink.stats()["published"] == 8
     port.close()
 
 
@@ -262,6 +277,8 @@ def test_writer_that_raises_costs_only_its_result(catalogue):
         return True
 
     sink = _sink("text", lambda src: flaky)
-    SinkSet([sink]).publish_many(results)
+    sinks = SinkSet([sink])
+    for r in results:
+        sinks.publish_many([r])
     st = sink.stats()
     assert st["errors"] == 1 and st["published"] == 3

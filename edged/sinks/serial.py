@@ -244,8 +244,14 @@ class SerialReplySink(ResultSink):
         return w
 
     def publish_many(self, results: Sequence[Result]) -> None:
+        """Encode each result and write the replies of one batch for one port with one call.
+
+        A write that the port cannot take now (False) drops every reply of that call: a reply
+        is written whole or not at all, never cut.
+        """
         encode = self._encode
         cfg = self.cfg
+        pending: Dict[int, Tuple[Callable[[bytes], bool], List[bytes]]] = {}
         for r in results:
             try:
                 write = self._writer(str(r.record.get("source") or ""))
@@ -253,13 +259,24 @@ class SerialReplySink(ResultSink):
                     self.unroutable += 1
                     continue
                 data = encode(r, cfg)
+                slot = pending.get(id(write))
+                if slot is None:
+                    pending[id(write)] = (write, [data])
+                else:
+                    slot[1].append(data)
+            except Exception as exc:
+                self.count_error("cannot encode a reply", exc)
+        for write, chunks in pending.values():
+            try:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 if write(data):
-                    self.published += 1
+                    self.published += len(chunks)
                     self.bytes_written += len(data)
                 else:
-                    self.dropped += 1
+                    self.dropped += len(chunks)
             except Exception as exc:
-                self.count_error("cannot reply to a result", exc)
+                self.errors += len(chunks) - 1  # count_error adds the last one
+                self.count_error(f"cannot write {len(chunks)} repl{'y' if len(chunks) == 1 else 'ies'}", exc)
 
     def stats(self) -> Dict[str, int]:
         s = super().stats()
