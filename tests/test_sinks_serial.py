@@ -9,17 +9,16 @@ import re
 import select
 import shutil
 import subprocess
-import threading
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
-import serial
 
 from edged.sinks import Result, SinkSet, build_sinks, parse_sink_config
-from edged.sinks.serial import SerialReplySink, SerialSinkConfig, cobs_reply, text_reply
+from edged.sinks.serial import ReplyBuffer, SerialReplySink, SerialSinkConfig, cobs_reply, text_reply
 from edged.sources.framing import CobsDeframer, cobs_decode, parse_body
+from edged.sources.serial import open_port
 
 from .helpers_ingest import PtyPair, hexdump
 from .helpers_sinks import model_results, record, rejected_result, two_output_result
@@ -52,23 +51,12 @@ def test_doc_examples_are_what_the_code_produces():
         assert doc.get(name) == want, f"example {name!r} in {DOC} is stale:\n{want}"
 
 
-class PortWriter:
-    """What the serial source's ``write_reply`` does: a non-blocking write to the open port (False if it
-    cannot take the whole reply now)."""
-
-    def __init__(self, url: str, write_timeout: Optional[float] = 0) -> None:
-        self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.1, write_timeout=write_timeout)
-        self.lock = threading.Lock()
-
-    def __call__(self, data: bytes) -> bool:
-        with self.lock:
-            try:
-                return self.port.write(data) == len(data)
-            except serial.SerialTimeoutException:
-                return False
-
-    def close(self) -> None:
-        self.port.close()
+def _reply_buffer(path: str, max_bytes: int = 65536) -> Tuple[Any, ReplyBuffer]:
+    """The port opened as the serial source opens it, with the ReplyBuffer it would own."""
+    port = open_port(path, 115200)
+    buf = ReplyBuffer(max_bytes)
+    buf.attach(port)
+    return port, buf
 
 
 def _read_all(fd: int, idle_s: float = 0.3) -> bytes:
@@ -95,7 +83,8 @@ def _from_pty(catalogue, n: int = 40) -> List[Result]:
 
 def test_pty_reader_gets_text_replies(catalogue):
     pty = PtyPair()
-    w = PortWriter(pty.path)
+    port, rb = _reply_buffer(pty.path)
+    w = rb.write
     try:
         results = _from_pty(catalogue)
         results.append(rejected_result(500, source="serial:/dev/ttyUSB0"))
@@ -123,13 +112,14 @@ def test_pty_reader_gets_text_replies(catalogue):
         st = sink.stats()
         assert st["published"] == len(results) + 2 and st["unroutable"] == 1 and st["dropped"] == 0
     finally:
-        w.close()
+        port.close()
         pty.close()
 
 
 def test_pty_reader_gets_cobs_replies_with_equal_outputs(catalogue):
     pty = PtyPair()
-    w = PortWriter(pty.path)
+    port, rb = _reply_buffer(pty.path)
+    w = rb.write
     try:
         results = _from_pty(catalogue, 30)
         two = two_output_result(1)
@@ -157,12 +147,41 @@ def test_pty_reader_gets_cobs_replies_with_equal_outputs(catalogue):
                 assert head["label"] == int(r.outputs["probs"].argmax())
         assert frames[-1][0]["reason"] == "non_finite" and frames[-1][1] == b""
     finally:
-        w.close()
+        port.close()
         pty.close()
 
 
+def test_an_mcu_that_stops_reading_never_blocks_and_gets_only_whole_replies(catalogue):
+    pty = PtyPair()
+    port, buf = _reply_buffer(pty.path, max_bytes=8192)
+    try:
+        results = _from_pty(catalogue, 256)
+        sink = _sink("text", lambda src: buf.write, seq=True)
+        for _ in range(40):  # ~10 000 replies (~230 kB) at a reader that reads nothing; pytest timeout = blocked
+            for i in range(0, len(results), 32):
+                sink.publish_many(results[i:i + 32])
+        st = sink.stats()
+        assert st["dropped"] > 0 and st["published"] > 0
+        received = bytearray()
+        while True:  # the MCU reads again; the source's loop keeps flushing
+            buf.flush()
+            chunk = _read_all(pty.master, idle_s=0.2)
+            received += chunk
+            if not chunk and buf.pending == 0:
+                break
+        lines = received.decode("ascii").split("\n")
+        assert lines[-1] == ""
+        assert len(lines) - 1 == st["published"]
+        assert all(re.fullmatch(r"mlp@\d+:\d+,[0-9.e-]+", ln) for ln in lines[:-1])  # none cut
+        assert buf.written_bytes == len(received) and buf.lost_bytes == 0
+    finally:
+        port.close()
+        pty.close()
+    assert buf.detach() == 0
+
+
 def test_loop_url_and_a_busy_port_counts_drops(catalogue):
-    port = PortWriter("loop://", write_timeout=None)  # loop:// never blocks (its write_timeout=0 always times out)
+    port, rb = _reply_buffer("loop://")  # no file descriptor: ReplyBuffer writes through port.write
     results = _from_pty(catalogue, 5)
     busy = [True, False, True, False, True]
     calls = iter(busy)
@@ -170,22 +189,22 @@ def test_loop_url_and_a_busy_port_counts_drops(catalogue):
 
     def write(data: bytes) -> bool:
         writes.append(data)
-        return next(calls) and port(data)
+        return next(calls) and rb.write(data)
 
     sink = _sink("text", lambda src: write, seq=True)
     for r in results:  # one result per call, as with batch 1
         sink.publish_many([r])
-    got = port.port.read(4096).decode().splitlines()
+    got = port.read(4096).decode().splitlines()
     assert [ln.split(":")[0] for ln in got] == [f"mlp@{r.record['seq']}" for r, ok in zip(results, busy) if ok]
     st = sink.stats()
     assert st["published"] == 3 and st["dropped"] == 2
     # a batch goes to its port in one write, whole or not at all
     calls = iter([False, True])
     sink.publish_many(results)
-    assert sink.stats()["dropped"] == 7 and port.port.read(4096) == b""
+    assert sink.stats()["dropped"] == 7 and port.read(4096) == b""
     sink.publish_many(results)
     assert len(writes) == 7 and writes[-1].count(b"\n") == 5
-    assert port.port.read(4096).decode().splitlines() == [ln.decode() for ln in writes[-1].splitlines()]
+    assert port.read(4096).decode().splitlines() == [ln.decode() for ln in writes[-1].splitlines()]
     assert sink.stats()["published"] == 8
     port.close()
 

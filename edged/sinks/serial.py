@@ -37,7 +37,9 @@ a write that returns False (port gone, output buffer full) is ``dropped``.
 from __future__ import annotations
 
 import math
+import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -210,6 +212,85 @@ def cobs_reply(result: Result, cfg: SerialSinkConfig) -> bytes:
         text = text[:-1] + ',"outputs_omitted":true}'
         body = _body(text.encode("utf-8"), b"")
     return b"\x00" + cobs_encode(body) + b"\x00"
+
+
+#: Default bound of a port's unsent replies (bytes): ~5.7 s of 115200 baud.
+REPLY_BUFFER_BYTES = 65536
+
+
+class ReplyBuffer:
+    """The non-blocking, thread-safe ``write_reply(data) -> bool`` of one serial port.
+
+    For the serial source to own (one per port): ``attach(port)`` when the port opens,
+    ``detach()`` when it closes, ``flush()`` from its read loop (so bytes the port could not
+    take at once go out within one read timeout), and ``write`` as its ``write_reply``.
+    ``write`` takes a reply whole into a bounded buffer (False, nothing queued, if the port
+    is closed or ``max_bytes`` are already waiting) and writes what the port takes now,
+    never waiting: on a port with a file descriptor (ttys, ptys; pyserial opens them
+    ``O_NONBLOCK``) through ``os.write``, because pyserial's own ``write`` with
+    ``write_timeout = 0`` spins while the output buffer is full; other ports (``loop://``)
+    through ``port.write``. Bytes still waiting when the port closes are dropped and counted
+    in ``lost_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = REPLY_BUFFER_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.lost_bytes = 0
+        self.written_bytes = 0
+        self._lock = threading.Lock()
+        self._pending = bytearray()
+        self._port: Any = None
+        self._fd: Optional[int] = None
+
+    def attach(self, port: Any) -> None:
+        with self._lock:
+            self._port = port
+            try:
+                fd = port.fileno()
+                self._fd = fd if isinstance(fd, int) and fd >= 0 else None
+            except Exception:  # loop://, socket:// ... have no usable fd
+                self._fd = None
+
+    def detach(self) -> int:
+        """Forget the port (closed or lost); returns the unsent bytes dropped."""
+        with self._lock:
+            self._port = None
+            self._fd = None
+            n = len(self._pending)
+            self._pending.clear()
+            self.lost_bytes += n
+            return n
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def write(self, data: bytes) -> bool:
+        with self._lock:
+            if self._port is None or len(self._pending) + len(data) > self.max_bytes:
+                return False
+            self._pending += data
+            self._flush_locked()
+            return True
+
+    def flush(self) -> int:
+        """Write what the port takes now; returns bytes still waiting."""
+        with self._lock:
+            if self._pending and self._port is not None:
+                self._flush_locked()
+            return len(self._pending)
+
+    def _flush_locked(self) -> None:
+        buf = self._pending
+        try:
+            n = os.write(self._fd, buf) if self._fd is not None else (self._port.write(bytes(buf)) or 0)
+        except BlockingIOError:
+            n = 0
+        except Exception:  # the port went away: the source's loop notices and detaches
+            n = 0
+        if n:
+            del buf[:n]
+            self.written_bytes += n
 
 
 class SerialReplySink(ResultSink):
