@@ -324,6 +324,14 @@ def percentiles(xs: Sequence[float]) -> Tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
+def tail(xs: Sequence[float]) -> Dict[str, float]:
+    """The worst latency and how many inputs took over 1 ms and 10 ms (stalls show here, not in p50)."""
+    import numpy as np
+
+    a = np.asarray(xs, dtype=float)
+    return {"max_us": float(a.max()), "over_1ms": int((a > 1000).sum()), "over_10ms": int((a > 10000).sum())}
+
+
 def run_loop(kids: Children, work: Path, model: str, backend: str, plan: Plan) -> Dict[str, Dict[str, Any]]:
     from edged.models import Catalogue, layout_permutation
 
@@ -349,7 +357,8 @@ def run_loop(kids: Children, work: Path, model: str, backend: str, plan: Plan) -
             lat50, lat99 = percentiles(res["lat_us"])
             inf50, inf99 = percentiles(res["infer_us"])
             out[name] = {"inputs": n, "inputs_per_s": n / res["span_s"] if res["span_s"] > 0 else None,
-                         "p50_us": lat50, "p99_us": lat99, "loop_infer_p50_us": inf50, "loop_infer_p99_us": inf99}
+                         "p50_us": lat50, "p99_us": lat99, "loop_infer_p50_us": inf50, "loop_infer_p99_us": inf99,
+                         **tail(res["lat_us"])}
             time.sleep(0.3)
         p.wait(30)
         return out
@@ -429,7 +438,7 @@ def run_edged(kids: Children, work: Path, state: Path, model: str, backend: str,
             span = t_last[name] - first_ts
             out[name] = {
                 "inputs": n, "inputs_per_s": n / span if span > 0 else None,
-                "p50_us": lat50, "p99_us": lat99, "decisions": decisions,
+                "p50_us": lat50, "p99_us": lat99, **tail([r["latency_us"] for r in rs]), "decisions": decisions,
                 "not_local": n - decisions.get("local", 0),
                 "errors": sum(1 for r in rs if r.get("error")),
                 "mean_batch": statistics.fmean(r.get("batch", 1) for r in rs),
@@ -443,6 +452,125 @@ def run_edged(kids: Children, work: Path, state: Path, model: str, backend: str,
             dm.log.close()
         except OSError:
             pass
+
+
+# ============================================================================ parent: per-input profile
+def parse_raw_profile(path: Path) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int], int]:
+    """py-spy ``--format raw`` (collapsed stacks, ``--threads``): samples by leaf function (self), by
+    function anywhere on the stack (inclusive, counted once per sample) and by thread; total samples."""
+    self_n: Dict[str, int] = {}
+    incl: Dict[str, int] = {}
+    by_thread: Dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = frames[0] if frames[0].startswith(("thread", "process")) else "?"
+        frames = [f for f in frames if not f.startswith(("thread", "process"))]
+        if not frames:
+            continue
+        total += n
+        by_thread[thread] = by_thread.get(thread, 0) + n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    return self_n, incl, by_thread, total
+
+
+def thread_names(pid: int) -> Dict[str, str]:
+    """py-spy's ``thread (0x...)`` labels -> the Python thread names, read from the process (best effort)."""
+    try:
+        out = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names: Dict[str, str] = {}
+    for line in out.splitlines():  # Thread 0x7F... (active+gil): "router"
+        if line.startswith("Thread "):
+            parts = line.split()
+            tid = parts[1].lower()
+            name = line.split(":", 1)[1].strip().strip('"') if ":" in line else tid
+            names[tid] = name
+    return names
+
+
+def profile_main(args: argparse.Namespace, model: str, backend: str) -> int:
+    """py-spy on ``edged run`` (policy local, fog off) saturated by a flat-out sender: self time per input."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        raise SystemExit(f"{spy} not found: .venv/bin/pip install py-spy")
+    prefix = Path(args.profile)
+    kids = Children()
+    work = Path(tempfile.mkdtemp(prefix="edged-bench-overhead-prof-"))
+    state = work / "state"
+    report: Dict[str, Any] = {}
+    try:
+        subprocess.run([sys.executable, "-m", "edged", "profile", "--model", model, "--backend", backend,
+                        "--threads", "1", "--state-dir", str(state)], cwd=str(REPO), check=True,
+                       stdout=subprocess.DEVNULL, timeout=600)
+        from bench.daemon import Daemon
+
+        d = work / "edged"
+        d.mkdir()
+        cfg = edged_config(d, state, model, backend, None)
+        dm = Daemon(cfg, str(d / "notify.sock"))
+        kids.add(dm.proc)
+        dm.wait_ready()
+        counter = LineCounter(d / "logs" / "decisions.jsonl")
+        n = args.profile_inputs
+        send_phase(kids, f"ipc://{d / 'in.sock'}", model, 0.0, n, 0)
+        counter.wait_for(min(20000, n // 10), 120, lambda: dm.proc.poll() is None)
+        names = thread_names(dm.proc.pid)
+        for kind, extra in (("cpu", []), ("gil", ["--gil"])):
+            out = Path(f"{prefix}.{kind}.raw")
+            c0, t0 = counter.count(), time.monotonic()
+            subprocess.run([str(spy), "record", "--pid", str(dm.proc.pid), "--duration", str(args.profile_seconds),
+                            "--rate", str(args.profile_rate), "--nonblocking", "--function", "--threads",
+                            "--format", "raw", "--output", str(out), *extra], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=args.profile_seconds + 60)
+            c1, t1 = counter.count(), time.monotonic()
+            if c1 >= n:
+                raise RuntimeError(f"the sender ran dry during the {kind} profile: raise --profile-inputs")
+            rate_in = (c1 - c0) / (t1 - t0)
+            inputs = rate_in * args.profile_seconds  # inputs decided while py-spy sampled
+            self_n, incl, by_thread, total = parse_raw_profile(out)
+            us = 1e6 / args.profile_rate / inputs  # µs of one thread's time per sample, per input
+            report[kind] = {
+                "raw": str(out), "inputs_per_s": rate_in, "samples": total, "seconds": args.profile_seconds,
+                "rate_hz": args.profile_rate, "us_per_input_total": total * us,
+                "self": sorted(([f, c * us, c / total] for f, c in self_n.items()), key=lambda r: -r[1]),
+                "inclusive": sorted(([f, c * us, c / total] for f, c in incl.items()), key=lambda r: -r[1])[:40],
+                "threads": sorted(([names.get(t.split("(")[-1].rstrip(")").lower(), t), c * us, c / total]
+                                   for t, c in by_thread.items()), key=lambda r: -r[1]),
+            }
+            progress(f"{kind} profile: {total} samples at {rate_in:,.0f} inputs/s -> {out}")
+        # the same thing once more as speedscope (with native frames) for a flame view
+        ss = Path(f"{prefix}.speedscope.json")
+        subprocess.run([str(spy), "record", "--pid", str(dm.proc.pid), "--duration", str(min(5, args.profile_seconds)),
+                        "--rate", str(args.profile_rate), "--nonblocking", "--native", "--threads",
+                        "--format", "speedscope", "--output", str(ss)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        report["speedscope"] = str(ss) if ss.exists() else None
+        dm.stop()
+    finally:
+        kids.end_all()
+        shutil.rmtree(work, ignore_errors=True)
+    for kind, title in (("cpu", "CPU (every running thread)"), ("gil", "GIL held")):
+        r = report[kind]
+        print(f"\n{model}/{backend} saturated, {title}: {r['us_per_input_total']:.1f} us per input "
+              f"({r['inputs_per_s']:,.0f} inputs/s while sampling; {r['samples']} samples)")
+        print(f"{'function (self time)':<78} {'us/input':>8} {'share':>6}")
+        for f, u, sh in r["self"][:args.profile_top]:
+            print(f"{f[:78]:<78} {u:>8.2f} {sh:>6.1%}")
+        print("by thread: " + ", ".join(f"{t} {u:.1f} us ({sh:.0%})" for t, u, sh in r["threads"]))
+    js = Path(f"{prefix}.json")
+    js.write_text(json.dumps({"model": model, "backend": backend, "versions": versions(),
+                              "load_avg": os.getloadavg(), **report}, indent=1) + "\n")
+    progress(f"wrote {js}")
+    return 0
 
 
 # ============================================================================ parent: summary
@@ -613,7 +741,16 @@ def main() -> int:
                     help="one-way latency of the emulated link to the fog in the edged+fog rows (default 20)")
     ap.add_argument("--no-fog", action="store_true", help="skip the edged+fog rows")
     ap.add_argument("--quick", action="store_true", help="short phases (smoke test): 5000 inputs flat out, 1 s paced")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (decision logs, loop records, daemon logs)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"result JSON (default {OUT.relative_to(REPO)})")
+    ap.add_argument("--profile", metavar="PREFIX",
+                    help="instead of the table: py-spy the saturated edged run (first of --models/--backends, policy "
+                         "local, fog off); writes PREFIX.cpu.raw, PREFIX.gil.raw, PREFIX.speedscope.json, PREFIX.json "
+                         "and prints self time per input")
+    ap.add_argument("--profile-seconds", type=int, default=10, help="sampling time of each profile (default 10)")
+    ap.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s (default 250)")
+    ap.add_argument("--profile-inputs", type=int, default=1_000_000, help="inputs the profile's sender sends")
+    ap.add_argument("--profile-top", type=int, default=25, help="rows of the printed profile tables")
     ap.add_argument("--sender", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--loop", help=argparse.SUPPRESS)
     ap.add_argument("--proxy", nargs=2, help=argparse.SUPPRESS)
@@ -641,6 +778,8 @@ def main() -> int:
         for b in backends:
             if b not in cat.get(m).artifacts:
                 raise SystemExit(f"--backends: model {m!r} has no {b!r} artifact ({', '.join(cat.get(m).artifacts)})")
+    if args.profile:
+        return profile_main(args, models[0], backends[0])
     rates = parse_rates(args.rates)
     rate_names = ["max" if r == 0 else f"{r:g}/s" for r in rates]
     modes = ["loop", "edged"] + ([] if args.no_fog else ["edged+fog"])
@@ -698,7 +837,10 @@ def main() -> int:
             runs.append(run)
     finally:
         kids.end_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            progress(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     rows = summarize_rows(runs, combos, rate_names, modes)
     print_table(rows, modes, args.repeats)
