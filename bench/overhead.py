@@ -454,6 +454,24 @@ def run_edged(kids: Children, work: Path, state: Path, model: str, backend: str,
             pass
 
 
+def start_fog(kids: Children, latency_ms: float) -> str:
+    """A real ``edged fog`` (1 worker, 1 thread, onnx) behind a link proxy ``latency_ms`` one way; the
+    proxy's endpoint (what the edge connects to)."""
+    from bench.offload import Fog
+
+    fog = Fog(REPO / "models", threads=1, workers=1)
+    kids.add(fog.proc)
+    proxy = kids.popen([sys.executable, __file__, "--proxy", str(fog.port), str(latency_ms)],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proxy.stdout is not None
+    r, _, _ = select.select([proxy.stdout], [], [], 60)
+    endpoint = proxy.stdout.readline().strip() if r else ""
+    if not endpoint.startswith("tcp://"):
+        raise RuntimeError(f"link proxy did not start: {endpoint!r}")
+    progress(f"fog {fog.endpoint} behind a link proxy {endpoint} ({latency_ms:g} ms one way)")
+    return endpoint
+
+
 # ============================================================================ parent: per-input profile
 def parse_raw_profile(path: Path) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int], int]:
     """py-spy ``--format raw`` (collapsed stacks, ``--threads``): samples by leaf function (self), by
@@ -498,7 +516,8 @@ def thread_names(pid: int) -> Dict[str, str]:
 
 
 def profile_main(args: argparse.Namespace, model: str, backend: str) -> int:
-    """py-spy on ``edged run`` (policy local, fog off) saturated by a flat-out sender: self time per input."""
+    """py-spy on ``edged run`` (policy local, fog off; or with ``--profile-fog`` policy adaptive, fog on behind the
+    link proxy) saturated by a flat-out sender: self time per input."""
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         raise SystemExit(f"{spy} not found: .venv/bin/pip install py-spy")
@@ -513,12 +532,15 @@ def profile_main(args: argparse.Namespace, model: str, backend: str) -> int:
                        stdout=subprocess.DEVNULL, timeout=600)
         from bench.daemon import Daemon
 
+        fog_endpoint = start_fog(kids, args.fog_latency_ms) if args.profile_fog else None
         d = work / "edged"
         d.mkdir()
-        cfg = edged_config(d, state, model, backend, None)
+        cfg = edged_config(d, state, model, backend, fog_endpoint)
         dm = Daemon(cfg, str(d / "notify.sock"))
         kids.add(dm.proc)
         dm.wait_ready()
+        if fog_endpoint:
+            time.sleep(1.5)  # the probes' first round trips
         counter = LineCounter(d / "logs" / "decisions.jsonl")
         n = args.profile_inputs
         send_phase(kids, f"ipc://{d / 'in.sock'}", model, 0.0, n, 0)
@@ -560,14 +582,15 @@ def profile_main(args: argparse.Namespace, model: str, backend: str) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for kind, title in (("cpu", "CPU (every running thread)"), ("gil", "GIL held")):
         r = report[kind]
-        print(f"\n{model}/{backend} saturated, {title}: {r['us_per_input_total']:.1f} us per input "
+        where = " fog on (adaptive)" if args.profile_fog else ""
+        print(f"\n{model}/{backend}{where} saturated, {title}: {r['us_per_input_total']:.1f} us per input "
               f"({r['inputs_per_s']:,.0f} inputs/s while sampling; {r['samples']} samples)")
         print(f"{'function (self time)':<78} {'us/input':>8} {'share':>6}")
         for f, u, sh in r["self"][:args.profile_top]:
             print(f"{f[:78]:<78} {u:>8.2f} {sh:>6.1%}")
         print("by thread: " + ", ".join(f"{t} {u:.1f} us ({sh:.0%})" for t, u, sh in r["threads"]))
     js = Path(f"{prefix}.json")
-    js.write_text(json.dumps({"model": model, "backend": backend, "versions": versions(),
+    js.write_text(json.dumps({"model": model, "backend": backend, "fog": bool(args.profile_fog), "versions": versions(),
                               "load_avg": os.getloadavg(), **report}, indent=1) + "\n")
     progress(f"wrote {js}")
     return 0
@@ -747,6 +770,8 @@ def main() -> int:
                     help="instead of the table: py-spy the saturated edged run (first of --models/--backends, policy "
                          "local, fog off); writes PREFIX.cpu.raw, PREFIX.gil.raw, PREFIX.speedscope.json, PREFIX.json "
                          "and prints self time per input")
+    ap.add_argument("--profile-fog", action="store_true",
+                    help="profile the edged+fog set-up (policy adaptive, fog behind the link proxy) instead")
     ap.add_argument("--profile-seconds", type=int, default=10, help="sampling time of each profile (default 10)")
     ap.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s (default 250)")
     ap.add_argument("--profile-inputs", type=int, default=1_000_000, help="inputs the profile's sender sends")
@@ -799,20 +824,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "edged", "profile", "--model", m, "--backend", b, "--threads", "1",
                             "--state-dir", str(state)], cwd=str(REPO), check=True, stdout=subprocess.DEVNULL,
                            timeout=600)
-        fog_endpoint = None
-        if not args.no_fog:
-            from bench.offload import Fog
-
-            fog = Fog(REPO / "models", threads=1, workers=1)
-            kids.add(fog.proc)
-            proxy = kids.popen([sys.executable, __file__, "--proxy", str(fog.port), str(args.fog_latency_ms)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert proxy.stdout is not None
-            r, _, _ = select.select([proxy.stdout], [], [], 60)
-            fog_endpoint = proxy.stdout.readline().strip() if r else ""
-            if not fog_endpoint.startswith("tcp://"):
-                raise RuntimeError(f"link proxy did not start: {fog_endpoint!r}")
-            progress(f"fog {fog.endpoint} behind a link proxy {fog_endpoint} ({args.fog_latency_ms:g} ms one way)")
+        fog_endpoint = None if args.no_fog else start_fog(kids, args.fog_latency_ms)
         for rep in range(args.repeats):
             run: Dict[str, Any] = {}
             loads.append({"repeat": rep, "before": os.getloadavg()})
