@@ -211,3 +211,43 @@ def test_without_paho_everything_imports_and_open_names_the_extra():
             "try:\n    src.open()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "SourceError source 'mqtt' needs paho-mqtt: pip install 'edged[mqtt]'" in out.stdout, out
+
+
+def test_wire_v2_several_tensors_over_mqtt(broker, tmp_path):
+    """A 3-input stateful model (built here): COBS v2 frames (tensors back to back) and JSON ``inputs``."""
+    from edged.models import Catalogue
+    from edged.sources.framing import build_tensor_cobs_frame
+
+    from . import modelgen as g
+
+    g.write_model(tmp_path, "vad", g.STATEFUL_MANIFEST, {"onnx": ("model.onnx", g.onnx_stateful())})
+    entries = Catalogue.discover([tmp_path]).entries()
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(16).astype(np.float32) for _ in range(3)]
+    sr = np.array([16000], np.int64)
+    cfg = MqttSourceConfig.from_mapping({"type": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                         "client_id": "edged-v2"}, "sources[0]")
+    src = MqttSource(entries, cfg)
+    rejections: List[Rejection] = []
+    src.on_rejected = rejections.append
+    stop, sink = _start(src)
+    pub = _publisher(broker.port, "mic")
+    try:
+        assert wait_until(src.subscribed.is_set, 10)
+        pub.publish("edged/in/vad/mic1", build_tensor_cobs_frame({"seq": 0}, {"x": xs[0], "sr": sr}), qos=1)
+        pub.publish("edged/in/vad/mic1", json.dumps({"seq": 1, "inputs": {"x": xs[1].tolist(), "sr": [16000]}}),
+                    qos=1)
+        pub.publish("edged/in/vad/mic1", build_cobs_frame({"seq": 2}, xs[2].tobytes()), qos=1)  # v1: refused
+        pub.publish("edged/in/mlp/dev", json.dumps({"seq": 0, "data": mlp_rows(1)[0].tolist()}), qos=1)
+        assert wait_until(lambda: len(sink) == 3 and len(rejections) == 1, 10), src.stats.snapshot()
+        by = {(s.model, s.seq): s for s in sink.samples}
+        for k in (0, 1):
+            s = by[("vad", k)]
+            assert s.sender == "mic1" and set(s.feeds or {}) == {"x", "sr"}
+            assert np.array_equal((s.feeds or {})["x"], xs[k]) and (s.feeds or {})["sr"].dtype == np.int64
+        assert by[("mlp", 0)].feeds is None
+        assert rejections[0].model == "vad" and rejections[0].seq == 2 and rejections[0].sender == "mic1"
+    finally:
+        stop.set()
+        pub.disconnect()
+        pub.loop_stop()

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from edged.errors import EdgedError, SourceError
-from edged.runtime.base import TensorSpec
 from edged.sinks.mqtt_broker import (
     BrokerConfig,
     connect_kwargs,
@@ -43,7 +42,6 @@ from edged.sources.base import Sink, Source
 from edged.sources.framing import FrameError, cobs_decode, parse_body, parse_json
 from edged.sources.sample import Sample
 from edged.sources.stats import OutageLog
-from edged.sources.validate import array_from_message, array_from_payload, check_header
 
 log = logging.getLogger("edged.sources.mqtt")
 
@@ -127,11 +125,12 @@ class MqttSource(Source):
     """Subscribes to ``config.topics`` and delivers each valid message as a Sample (see the module doc).
 
     Args:
-        specs: model name -> input spec.
+        specs: model name -> the model's contract (a catalogue ``ModelEntry`` or ``LoadedModel``, or
+            a bare ``TensorSpec``; see :class:`~edged.sources.base.Source`).
         config: the source's :class:`MqttSourceConfig`.
     """
 
-    def __init__(self, specs: Mapping[str, TensorSpec], config: MqttSourceConfig, name: Optional[str] = None) -> None:
+    def __init__(self, specs: Mapping[str, Any], config: MqttSourceConfig, name: Optional[str] = None) -> None:
         super().__init__(specs, name or config.name or "mqtt")
         self.cfg = config
         self.connected = threading.Event()
@@ -311,7 +310,8 @@ class MqttSource(Source):
 
     def parse_message(self, payload: bytes, fields: Mapping[str, str], t_arrival: float) -> Sample:
         """One payload -> Sample, or FrameError (with the header when parsed; ``internal_error`` for
-        anything unexpected). Order: size, form, header/JSON, then the common validation."""
+        anything unexpected). Order: size, form, header/JSON, then the validation every source shares
+        (wire v1 and v2: a JSON ``inputs`` object, a COBS header with ``tensors``)."""
         header: Optional[Dict[str, Any]] = None
         try:
             data = bytes(payload)
@@ -319,25 +319,19 @@ class MqttSource(Source):
                 raise FrameError("oversize", f"message of {len(data)} bytes; limit {self.cfg.max_msg_bytes}")
             if self.cfg.format == "raw":
                 header = self._with_topic({}, fields)
-                info = check_header(self.specs, header)
-                arr = array_from_payload(info.spec, info.model, header, data)
-            elif data.lstrip()[:1] == b"{":
+                return self.sample_from_body(header, data, t_arrival)
+            if data.lstrip()[:1] == b"{":
                 msg: Any = parse_json(data, "JSON message", "unparsable")
-                if not isinstance(msg, dict) or "data" not in msg:
-                    raise FrameError("bad_header", "JSON message must be an object with 'model' and 'data'")
-                header = self._with_topic(msg, fields)
-                info = check_header(self.specs, header)
-                arr = array_from_message(info, header, header["data"])
-            elif data[:1] == b"\x00":
+                if isinstance(msg, dict):
+                    header = self._with_topic(msg, fields)
+                return self.sample_from_json(msg, t_arrival)
+            if data[:1] == b"\x00":
                 seg = data[1:-1] if len(data) > 1 and data[-1:] == b"\x00" else data[1:]
                 header, body = parse_body(cobs_decode(seg))
                 header = self._with_topic(header, fields)
-                info = check_header(self.specs, header)
-                arr = array_from_payload(info.spec, info.model, header, body)
-            else:
-                raise FrameError("bad_header", "payload is neither a JSON object (first byte '{') nor a COBS frame "
-                                               "(first byte 0x00); bare arrays need format = 'raw'")
-            return self.make_sample(info, arr, t_arrival)
+                return self.sample_from_body(header, body, t_arrival)
+            raise FrameError("bad_header", "payload is neither a JSON object (first byte '{') nor a COBS frame "
+                                           "(first byte 0x00); bare arrays need format = 'raw'")
         except FrameError as err:
             if err.header is None:
                 err.header = header
