@@ -3,10 +3,10 @@
 Payload forms (docs/protocol.md, "MQTT"), told apart by the first byte:
 
 * ``{`` — the **JSON** form: the ZeroMQ one-frame message, ``{"model": "mlp", "seq": 7,
-  "data": [...]}`` plus any header field;
+  "data": [...]}`` (or wire v2 ``"inputs": {name: values}``) plus any header field;
 * ``0x00`` — the **binary** form: one serial COBS frame (``0x00 | COBS(header_len |
-  header JSON | payload | CRC-32) | 0x00``; the trailing ``0x00`` is optional), so an
-  MCU reuses its serial encoder unchanged;
+  header JSON | payload | CRC-32) | 0x00``; the trailing ``0x00`` is optional; wire v2:
+  the header's ``tensors`` back to back), so an MCU reuses its serial encoder unchanged;
 * with ``format = "raw"`` every payload is a bare array (raw little-endian C order),
   for the simplest publishers (``client.publish("edged/in/mlp/dev7", x, sizeof x)``).
 
