@@ -98,6 +98,7 @@ class MqttSourceConfig(BrokerConfig):
     format: str = field(default="auto", metadata={"choices": FORMATS})
     max_msg_bytes: int = field(default=DEFAULT_MAX_MSG_BYTES, metadata={"min": 64})
     clean_session: bool = False
+    reconnect_min_s: float = field(default=BACKOFF_START_S, metadata={"min": 0.01})
     reconnect_max_s: float = field(default=5.0, metadata={"min": 0.01})
 
 
@@ -254,7 +255,8 @@ class MqttSource(Source):
             return
         self._sink = sink
         client = self._client
-        backoff = BACKOFF_START_S
+        start = self.cfg.reconnect_min_s
+        backoff = start
         try:
             while not stop.is_set():
                 if not self._socket_up and not self._connect_once():
@@ -271,7 +273,7 @@ class MqttSource(Source):
                     backoff = min(backoff * 2, self.cfg.reconnect_max_s)
                     continue
                 if self.connected.is_set():
-                    backoff = BACKOFF_START_S
+                    backoff = start
         except Exception:
             self.stats.count_error()
             log.exception("source %s: MQTT loop failed", self.name)
