@@ -34,6 +34,14 @@ Usage::
     .venv/bin/python bench/overhead.py --repeats 3     # the figures of issue 13 (median [min-max])
     .venv/bin/python bench/overhead.py --quick         # smoke test (~1 min)
     .venv/bin/python bench/overhead.py --models mlp --backends onnx --rates max,2000 --no-fog
+    .venv/bin/python bench/overhead.py --profile /tmp/prof --models mlp --backends onnx   # py-spy, per input
+    .venv/bin/python bench/overhead.py --profile /tmp/prof-fog --profile-fog              # the same, fog on
+
+``--profile PREFIX`` instead runs py-spy (``.venv/bin/pip install py-spy``) on the saturated ``edged run``
+and prints the functions by self time in µs per input: once over every running thread ("cpu": py-spy
+counts a thread blocked in ``Condition.wait`` under backpressure as running) and once over the
+thread holding the GIL ("gil": the serial Python cost, which bounds throughput); raw collapsed
+stacks and a speedscope file (with native frames) are kept under PREFIX.
 
 Prints a table; writes ``bench/results/overhead.json`` (``--out``) with every number, the machine,
 versions, load averages and settings. Progress goes to stderr. Every child process is ended on
@@ -804,12 +812,14 @@ def main() -> int:
             if b not in cat.get(m).artifacts:
                 raise SystemExit(f"--backends: model {m!r} has no {b!r} artifact ({', '.join(cat.get(m).artifacts)})")
     if args.profile:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return profile_main(args, models[0], backends[0])
     rates = parse_rates(args.rates)
     rate_names = ["max" if r == 0 else f"{r:g}/s" for r in rates]
     modes = ["loop", "edged"] + ([] if args.no_fog else ["edged+fog"])
     combos = [(m, b) for m in models for b in backends]
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM ends the children too (finally below)
     kids = Children()
     work = Path(tempfile.mkdtemp(prefix="edged-bench-overhead-"))
     state = work / "state"
