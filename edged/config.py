@@ -31,7 +31,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from edged.endpoints import ZmqEndpoint, check_serial_url, parse_zmq_endpoint, serial_scheme
 from edged.errors import EXIT_CONFIG, ConfigError, EdgedError
@@ -169,6 +169,7 @@ class Config:
     fog: FogConfig = field(default_factory=FogConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     sources: Tuple[Any, ...] = ()
+    sinks: Tuple[Any, ...] = ()  # [[sinks]]: where results go (edged.sinks configs), all optional
 
     def resolved_state_dir(self) -> Path:
         from edged.profile import state_dir
@@ -408,7 +409,7 @@ def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> Dict
     value names the variable. ``EDGED_FOG_ENDPOINT`` (one underscore after a section name) is
     an error: it would otherwise be ignored without a word."""
     applied: Dict[str, str] = {}
-    sections = list(SECTIONS) + ["sources"]
+    sections = list(SECTIONS) + ["sources", "sinks"]
     for var, text in sorted(environ.items()):
         if not var.startswith("EDGED_") or var in NOT_OVERRIDES:
             continue
@@ -433,7 +434,7 @@ def apply_env_overrides(raw: Dict[str, Any], environ: Mapping[str, str]) -> Dict
                 node = node[idx]
                 keypath += f"[{idx}]"
             elif isinstance(node, dict):
-                node = node.setdefault(part, [] if (part == "sources" and i == 0) else {})
+                node = node.setdefault(part, [] if (part in ("sources", "sinks") and i == 0) else {})
                 keypath = f"{keypath}.{part}" if keypath else part
             else:
                 raise ConfigError(f"{var}: {keypath} is {node!r} in the file, not a table, so it has no key '{part}'")
@@ -458,10 +459,10 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
     errs = _Errors(path, key_lines(text) if text else None, env_keys)
     built: Dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "sources":
+        if key in ("sources", "sinks"):
             continue
         if key not in SECTIONS:
-            errs.unknown(key, list(SECTIONS) + ["sources"])
+            errs.unknown(key, list(SECTIONS) + ["sources", "sinks"])
             continue
         cls = SECTIONS[key].default_factory  # type: ignore[misc]
         built[key] = _build(cls, value, key, errs)
@@ -477,8 +478,14 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
             errs.add(kp, s, "a table")
             continue
         kind = s.get("type")
+        if kind == "mqtt":  # its schema lives with the source (edged/sources/mqtt.py), like the sinks'
+            mq = _external(errs, _mqtt_source_config, s, kp)
+            if mq is not None:
+                sources.append(mq)
+                where.append(i)
+            continue
         if kind not in SOURCE_TYPES:
-            errs.add(f"{kp}.type", kind, "one of " + ", ".join(repr(k) for k in SOURCE_TYPES))
+            errs.add(f"{kp}.type", kind, "one of " + ", ".join(repr(k) for k in (*SOURCE_TYPES, "mqtt")))
             continue
         src = _build(SOURCE_TYPES[kind], s, kp, errs)
         if kind == "serial":
@@ -493,7 +500,20 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
                 errs.add(f"{kp}.endpoint", src.endpoint, why)
         sources.append(src)
         where.append(i)
-    cfg = Config(path=path, sources=tuple(sources), **built)
+    sinks: List[Any] = []
+    raw_sinks = raw.get("sinks", [])
+    if not isinstance(raw_sinks, list):
+        errs.add("sinks", raw_sinks, "an array of tables: [[sinks]]")
+        raw_sinks = []
+    for i, t in enumerate(raw_sinks):
+        sc = _external(errs, _sink_config, t, f"sinks[{i}]")
+        if sc is not None:
+            sinks.append(sc)
+    names = [sc.name or sc.type for sc in sinks]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            errs.add(f"sinks[{i}].name", n, "a name no other sink has (set name = \"...\" on each)")
+    cfg = Config(path=path, sources=tuple(sources), sinks=tuple(sinks), **built)
     why = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[1]
     if why:
         errs.add("fog.endpoint", cfg.fog.endpoint, why)
@@ -514,6 +534,30 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
             if isinstance(s, SerialSourceConfig) and s.model and s.model not in known_models:
                 errs.add(f"sources[{i}].model", s.model, "a model in the catalogue: " + ", ".join(known_models))
     return cfg, errs.items
+
+
+def _sink_config(raw: Any, where: str) -> Any:
+    from edged.sinks import parse_sink_config  # lazily: sinks import their own libraries only when used
+
+    return parse_sink_config(raw, where)
+
+
+def _mqtt_source_config(raw: Any, where: str) -> Any:
+    from edged.sources.mqtt import MqttSourceConfig
+
+    return MqttSourceConfig.from_mapping(raw, where)
+
+
+def _external(errs: _Errors, build: Callable[[Any, str], Any], raw: Any, where: str) -> Any:
+    """``build(raw, where)``: a schema that lives with its plugin (sinks, the MQTT source); its ConfigError
+    lines (``sinks[1].qos = 5: expected ...``) join the others, each placed at its file line."""
+    try:
+        return build(raw, where)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            key = line.split(" ", 1)[0].split(":", 1)[0]
+            errs.items.append(f"{errs._where(key)}: {line}")
+        return None
 
 
 def _endpoints_clash(a: ZmqSourceConfig, b: ZmqSourceConfig) -> bool:
@@ -670,7 +714,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"edged check-config: {exc}", file=sys.stderr)
         return 1
     if not args.quiet:
-        srcs = ", ".join(f"{s.type}:{getattr(s, 'endpoint', '') or getattr(s, 'url', '')}" for s in cfg.sources)
-        print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; policy {cfg.policy.default}; "
+        srcs = ", ".join(f"{s.type}:{getattr(s, 'endpoint', '') or getattr(s, 'url', '') or getattr(s, 'host', '')}"
+                         for s in cfg.sources)
+        sinks = ", ".join(sc.name or sc.type for sc in cfg.sinks)
+        print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; {len(cfg.sinks)} sink(s)"
+              f"{': ' + sinks if sinks else ''}; policy {cfg.policy.default}; "
               f"fog {'on ' + cfg.fog.endpoint if cfg.fog.enabled else 'off'}; power {cfg.power.source})")
     return 0

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, load_config
 from edged.errors import ConfigError, EdgedError
@@ -100,6 +100,7 @@ class Daemon:
         self.sampler: Any = None
         self.fog: Any = None
         self.decisions: Any = None
+        self.sinks: Any = None  # edged.sinks.SinkSet when [[sinks]] are configured
         self.power_log: Any = None
         self.started_mono = time.monotonic()
         self.ready_after_s: Optional[float] = None
@@ -224,7 +225,27 @@ class Daemon:
                 out.append(SerialSource(specs, url=sc.url, framing=sc.framing, baudrate=sc.baudrate,
                                         default_model=sc.model or None, max_frame_bytes=sc.max_frame_bytes,
                                         name=sc.name))
+            else:  # [[sources]] type = "mqtt" (its config class lives with the source)
+                from edged.sources.mqtt import MqttSource
+
+                out.append(MqttSource(specs, sc))
         return out
+
+    def _build_sinks(self) -> Any:
+        """The configured result sinks (None without [[sinks]]). The serial sink writes replies on the serial
+        source an input came from."""
+        if not self.cfg.sinks:
+            return None
+        from edged.sinks import build_sinks
+
+        writers = {src.name: src.write_reply for src in self.sources if hasattr(src, "write_reply")}
+        return build_sinks(self.cfg.sinks, writer_for=writers.get)
+
+    def _publish(self, records: List[Dict[str, Any]], outputs: Sequence[Any]) -> None:
+        """Dispatcher -> result sinks, right after the records are written (never blocks, never raises)."""
+        from edged.sinks import Result
+
+        self.sinks.publish_many([Result(rec, out) for rec, out in zip(records, outputs)])
 
     def start(self) -> None:
         from edged.logs import ensure_writable_dir
@@ -255,12 +276,16 @@ class Daemon:
             activity=tracker, power=power_model, breaker=breaker, local_exec_us=timing["p50"],
             probe_interval_s=cfg.fog.probe_interval_s,
             wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"],
+            on_results=self._publish if cfg.sinks else None,
         )
         self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
         self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)
         self._router_thread.start()
         specs = dict(self.models)  # every input of each model's contract, and a quantised input's integer type
         self.sources = self._build_sources(specs)
+        self.sinks = self._build_sinks()
+        if self.sinks is not None:
+            self.sinks.open()  # a sink that cannot bind fails start-up (no READY), naming its endpoint
         opened: List[Any] = []
         try:
             for src in self.sources:
@@ -327,7 +352,8 @@ class Daemon:
         if self.sampler is not None:
             w = self.sampler.latest_total_w()
             power = f"; {w:.2f} W" if w is not None else ""
-        waiting = "".join(f"; {st}" for st in (src.state() for src in self.sources) if st)
+        states = [src.state() for src in self.sources] + (list(self.sinks.states()) if self.sinks else [])
+        waiting = "".join(f"; {st}" for st in states if st)
         return (f"{self.decided()} decided (local {c.get('local', 0)}, offload {c.get('offload', 0)}, "
                 f"fallback {c.get('fallback', 0)}, rejected {c.get('rejected', 0)}); bad input {rejected}; "
                 f"queue {qs}; fog {fog}{power}{waiting}{self._storage_note()}")
@@ -358,6 +384,7 @@ class Daemon:
 
         obj = {"ts": time.time(), "sources": {src.name: src.stats.snapshot() for src in self.sources},
                "dispatcher": self.dispatcher.stats() if self.dispatcher else {},
+               "sinks": self.sinks.stats() if self.sinks is not None else {},
                "logs": {name: w.stats() for name, w in (("decisions", self.decisions), ("power", self.power_log))
                         if w is not None}}
         try:
@@ -431,6 +458,10 @@ class Daemon:
             ok = ok and not self._router_thread.is_alive()
         if self.dispatcher is not None:
             ok = bool(self.dispatcher.close(timeout_s=max(0.5, deadline - time.monotonic()))) and ok
+        if self.sinks is not None:  # after the last result: what is queued may still go out, briefly
+            self.sinks.close(timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
+            for name, st in self.sinks.stats().items():
+                log.info("sink %s: %s", name, st)
         if self.fog is not None:
             self.fog.close()
         if self.sampler is not None:

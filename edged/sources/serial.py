@@ -110,6 +110,15 @@ class SerialSource(Source):
         self._was_connected = False
         self._port: Any = None
         self._state: Optional[str] = None
+        from edged.sinks.serial import ReplyBuffer
+
+        #: results going back to the device on this port (the serial result sink writes here)
+        self.replies = ReplyBuffer()
+
+    def write_reply(self, data: bytes) -> bool:
+        """Queue ``data`` for the device on this port and write what the port takes now. Never blocks;
+        False (nothing queued) while the port is closed or the reply buffer is full."""
+        return self.replies.write(data)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -177,9 +186,11 @@ class SerialSource(Source):
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
             backoff = BACKOFF_START_S
+            self.replies.attach(port)
             try:
                 self._read_loop(port, sink, stop)
             finally:
+                self.replies.detach()  # replies still waiting for a port that is gone are counted lost
                 self.connected.clear()
                 try:
                     port.close()
@@ -201,6 +212,8 @@ class SerialSource(Source):
                 return
             if data:
                 self.feed(data, sink)
+            if self.replies.pending:
+                self.replies.flush()
         try:  # stopping: what the OS already holds is handled, not dropped
             waiting = port.in_waiting
             if waiting:
