@@ -11,12 +11,12 @@
 #      part 0xd08) bound over /proc/cpuinfo and QEMU_CPU=cortex-a72 (onnxruntime's cpuinfo segfaults
 #      at import when it sees the host's x86 cpuinfo);
 #   4. `make test` inside, on a copy of this work tree, with EDGED_EMULATED=qemu (tests that cannot be
-#      meaningful under emulation are skipped with that reason: see tests/platform_marks.py);
+#      meaningful under emulation are skipped with that reason: see tests/platform/emulation.py);
 #   5. the daemon's RSS with one model and with both (tests/platform/rss.py), for the Pi Zero 2 W budget.
 #
 # Exit: 0 when the suite passed (or the stage was SKIPPED for a missing capability), else non-zero.
 # Environment: EDGED_CACHE (default ~/.cache/edged), EDGED_WORK (scratch, default /var/tmp),
-# PYTEST_ARGS (passed to make test inside), ARM64_RSS=0 to skip the RSS measurement.
+# PYTEST_ARGS (passed to make test inside), ARM64_RSS=0 / ARM64_SIGTERM_PROBE=0 to skip those diagnostics.
 set -euo pipefail
 STAGE=test-arm64
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -61,6 +61,7 @@ WORK=$(mktemp -d "$EDGED_WORK/edged-arm64.XXXXXX")
 ROOT=$WORK/root
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
+    kill_chroot_processes "$ROOT"
     unmount_all
     rm -rf "$WORK"
 }
@@ -129,7 +130,9 @@ if [ "$VENV_STATE" = built ]; then
 fi
 TV1=$(date +%s)
 set +e
-run_in "cd /src/edged && make test PYTEST_ARGS='-p no:cacheprovider ${PYTEST_ARGS:-}'" 2>&1 | tee "$WORK/pytest.log" | sed 's/^/  /'
+# tests/platform/emulation.py skips, with their reasons, the few tests whose premise fails under emulation
+run_in "cd /src/edged && make test PYTEST_ARGS='-p no:cacheprovider -p tests.platform.emulation ${PYTEST_ARGS:-}'" 2>&1 \
+    | tee "$WORK/pytest.log" | sed 's/^/  /'
 test_rc=${PIPESTATUS[0]}
 set -e
 TT1=$(date +%s)
@@ -139,12 +142,16 @@ if [ "${ARM64_RSS:-1}" != 0 ]; then
     run_in "cd /src/edged && .venv/bin/python tests/platform/rss.py --seconds 10" 2>&1 | sed 's/^/  /' \
         || say "warning: the RSS measurement failed (the suite result stands)"
 fi
+if [ "${ARM64_SIGTERM_PROBE:-1}" != 0 ]; then
+    say "SIGTERM right after READY, under qemu (tests/platform/sigterm_probe.py; diagnostic, does not change the result)"
+    run_in "cd /src/edged && .venv/bin/python tests/platform/sigterm_probe.py --tries 4 --grace 60" 2>&1 | sed 's/^/  /' || true
+fi
 TR1=$(date +%s)
 
 summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$WORK/pytest.log" | tail -1 || true)
 printf '\n%s\n' "---- test-arm64 ----"
 printf 'suite (arm64, qemu cortex-a72, %s):   %s\n' "$(run_in 'python3 -V' 2>/dev/null)" "${summary:-no pytest summary}"
-printf 'root file system: %ss (%s)   unpack+mounts: %ss   venv: %ss (%s)   tests: %ss   rss: %ss   total: %ss\n' \
+printf 'root file system: %ss (%s)   unpack+mounts: %ss   venv: %ss (%s)   tests: %ss   rss+probe: %ss   total: %ss\n' \
     "$((TB1 - TB0))" "$CACHE_STATE" "$((TB2 - TB1))" \
     "$((TV1 - TV0))" "$VENV_STATE" "$((TT1 - TV1))" "$((TR1 - TT1))" "$(( $(date +%s) - T0 ))"
 exit "$test_rc"

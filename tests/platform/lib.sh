@@ -156,6 +156,22 @@ unmount_all() {
     _MOUNTS=()
 }
 
+# kill_chroot_processes DIR: processes left running inside our chroot (a test's daemon that outlived a
+# failure) hold its mounts; end them, by PID, before unmounting
+kill_chroot_processes() {
+    local dir=$1 p pids=""
+    [ -n "$dir" ] && [ -d "$dir" ] || return 0
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$dir" ] && pids="$pids ${p#/proc/}"
+    done
+    [ -z "$pids" ] && return 0
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    sleep 1
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+}
+
 # repo_snapshot SRC DST: the work tree as git sees it (tracked and untracked, not ignored: no .venv,
 # no caches), so uncommitted changes are tested too; EDGED_SNAPSHOT=head takes the last commit instead
 repo_snapshot() {
