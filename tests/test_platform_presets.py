@@ -26,7 +26,7 @@ def test_preset_is_a_valid_config(preset: Path) -> None:
 
 def test_zero_2w_preset_is_sized_for_512_mb() -> None:
     cfg = load_config(PRESETS[[p.stem for p in PRESETS].index("pi-zero-2w")], environ={})
-    assert cfg.models.enabled == ("mlp",) and cfg.models.threads == 1
+    assert cfg.models.backend == "litert" and cfg.models.threads == 1
     assert cfg.queue.size <= 256 and cfg.local.max_queue <= 64
 
 
