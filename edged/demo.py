@@ -100,7 +100,7 @@ class Procs:
                 p.wait()
 
 
-def write_config(path: Path, run_dir: Path, zmq_port: int, fog_port: int, serial_path: str) -> None:
+def write_config(path: Path, run_dir: Path, zmq_port: int, fog_port: int, serial_path: str, sink_port: int) -> None:
     path.write_text(f"""# written by make run (edged/demo.py); see systemd/edged.toml for every key
 [daemon]
 state_dir = "{run_dir / 'state'}"
@@ -145,6 +145,10 @@ url = "{serial_path}"
 framing = "lines"
 baudrate = 921600
 model = "mlp"
+
+[[sinks]]
+type = "zmq"      # every result on a PUB socket: python -m edged.sinks.watch tcp://127.0.0.1:{sink_port}
+endpoint = "tcp://127.0.0.1:{sink_port}"
 """)
 
 
@@ -161,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
     procs = Procs()
-    fog_port, zmq_port = free_port(), free_port()
+    fog_port, zmq_port, sink_port = free_port(), free_port(), free_port()
     tail: Optional[subprocess.Popen] = None
     daemon: Optional[subprocess.Popen] = None
     t0 = time.monotonic()
@@ -177,8 +181,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"serial device: {serial_path}", flush=True)
 
         cfg = run_dir / "edged.toml"
-        write_config(cfg, run_dir, zmq_port, fog_port, serial_path)
+        write_config(cfg, run_dir, zmq_port, fog_port, serial_path, sink_port)
         say(f"starting the daemon: edged run --config {cfg.relative_to(REPO) if cfg.is_relative_to(REPO) else cfg}")
+        # the result subscriber connects first: ZeroMQ delivers to a subscriber only once its subscription arrived
+        results_txt = open(run_dir / "results.txt", "w")  # noqa: SIM115 - the subscriber writes it until the end
+        watcher = procs.start([sys.executable, "-m", "edged.sinks.watch", f"tcp://127.0.0.1:{sink_port}"],
+                              stdout=results_txt)
         daemon_log = open(run_dir / "daemon.log", "w")  # noqa: SIM115 - the daemon child writes it until the end
         daemon = procs.start(EDGED + ["run", "--config", str(cfg)], stdout=daemon_log)
         wait_for_file_text(run_dir / "daemon.log", "ready in", 120, daemon, "edged run")
@@ -219,6 +227,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             tail = None
         daemon_log.close()
         print(f"daemon exited with {code} after {time.monotonic() - t0:.1f}s", flush=True)
+        watcher.send_signal(signal.SIGINT)
+        try:
+            watcher.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+        results_txt.close()
+        got = (run_dir / "results.txt").read_text(errors="replace").splitlines()
+        say(f"results out: a subscriber on the ZeroMQ result sink (python -m edged.sinks.watch "
+            f"tcp://127.0.0.1:{sink_port}) printed {len(got)} results; the first and last three:")
+        for line in got[:3] + (["..."] if len(got) > 6 else []) + got[max(3, len(got) - 3):]:
+            print(line, flush=True)
         say("summary (edged report)")
         sys.stdout.flush()
         subprocess.run(EDGED + ["report", str(run_dir / "logs")], cwd=str(REPO), check=False)

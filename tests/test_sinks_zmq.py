@@ -166,3 +166,20 @@ def test_a_result_that_cannot_be_encoded_costs_only_itself(catalogue):
     finally:
         sub.close(0)
         sink.close(0)
+
+
+def test_results_before_any_subscription_are_counted_as_no_subscriber(catalogue):
+    """PUB semantics: a result sent while nobody subscribed reaches no one. It is counted as such, not as
+    published, so published = what subscribers received."""
+    sink = _sink()
+    try:
+        sink.publish_many(model_results(catalogue, 5))
+        assert (sink.stats()["published"], sink.stats()["no_subscriber"]) == (0, 5)
+        sub = _sub(sink.bound_endpoint or "")
+        assert sink.wait_for_subscribers(1, 5.0)
+        sink.publish_many(model_results(catalogue, 3))
+        got = [sub.recv_multipart() for _ in range(3)]
+        assert len(got) == 3 and sink.stats()["published"] == 3 and sink.stats()["no_subscriber"] == 5
+        sub.close(0)
+    finally:
+        sink.close(1.0)

@@ -198,6 +198,7 @@ class ZmqSink(ResultSink):
         self.context = context
         self.bound_endpoint: Optional[str] = None
         self.subscriptions = 0
+        self.no_subscriber = 0  # results sent while nobody subscribed: ZeroMQ delivers them to no one
         self._sock: Optional[zmq.Socket] = None
         self._lock = threading.Lock()
         self._topic = topic_formatter(config.topic)
@@ -267,9 +268,12 @@ class ZmqSink(ResultSink):
                 self._state = "not open"
                 return
             now = time.monotonic()
-            if now - self._drained_at >= SUBSCRIPTION_POLL_S:
+            if not self.subscriptions or now - self._drained_at >= SUBSCRIPTION_POLL_S:
                 self._drained_at = now
                 self._drain_subscriptions(sock)
+            if not self.subscriptions:  # PUB semantics: no subscriber, no delivery; counted, not called published
+                self.no_subscriber += len(results)
+                return
             send = sock.send
             more = zmq.SNDMORE | zmq.NOBLOCK
             last = zmq.NOBLOCK
@@ -299,6 +303,7 @@ class ZmqSink(ResultSink):
     def stats(self) -> Dict[str, int]:
         s = super().stats()
         s["subscriptions"] = self.subscriptions
+        s["no_subscriber"] = self.no_subscriber
         return s
 
     def info(self) -> Dict[str, Any]:
