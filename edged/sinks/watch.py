@@ -23,8 +23,9 @@ def summary_text(result: Any) -> str:
     """One output summary as a few words: label, name and score; values; shape and mean."""
     if not isinstance(result, Mapping):
         return "-"
-    if "label" in result and not isinstance(result.get("label"), Mapping):  # v1 result
-        return f"{result.get('label')} {result.get('score')}"
+    if "label" in result and not isinstance(result.get("label"), Mapping):  # one classifier's summary
+        name = result.get("name")
+        return f"{result.get('label')}{' ' + str(name) if name not in (None, '') else ''} {result.get('score')}"
     parts = []
     for name, s in result.items():
         if not isinstance(s, Mapping):
