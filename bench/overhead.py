@@ -577,13 +577,16 @@ def profile_main(args: argparse.Namespace, model: str, backend: str) -> int:
                                    for t, c in by_thread.items()), key=lambda r: -r[1]),
             }
             progress(f"{kind} profile: {total} samples at {rate_in:,.0f} inputs/s -> {out}")
-        # the same thing once more as speedscope (with native frames) for a flame view
+        # once more as speedscope with native frames, for a flame view (--native cannot be --nonblocking:
+        # py-spy pauses the process per sample here, so this one is for where, not for how much)
         ss = Path(f"{prefix}.speedscope.json")
-        subprocess.run([str(spy), "record", "--pid", str(dm.proc.pid), "--duration", str(min(5, args.profile_seconds)),
-                        "--rate", str(args.profile_rate), "--nonblocking", "--native", "--threads",
-                        "--format", "speedscope", "--output", str(ss)], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        res = subprocess.run([str(spy), "record", "--pid", str(dm.proc.pid), "--duration",
+                              str(min(5, args.profile_seconds)), "--rate", str(min(100, args.profile_rate)),
+                              "--native", "--threads", "--format", "speedscope", "--output", str(ss)],
+                             check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
         report["speedscope"] = str(ss) if ss.exists() else None
+        if not ss.exists():
+            progress(f"no speedscope profile: py-spy --native said {res.stderr.strip()[-300:]!r}")
         dm.stop()
     finally:
         kids.end_all()
