@@ -108,6 +108,8 @@ class Daemon:
         self.profile_rows: List[Dict[str, Any]] = []
         self._hup = threading.Event()
         self.events = DecisionEvents()
+        #: held by whoever hands inputs to the dispatcher (the router, or a source thread going inline)
+        self._lane = threading.Lock()
 
     # ------------------------------------------------------------------ start-up
 
@@ -318,9 +320,20 @@ class Daemon:
         self.events.observe(records)
 
     def _sink(self, sample: Any) -> bool:
-        """Source -> queue. Under 'block' this waits for space (ZeroMQ RCVHWM backpressure) until the
-        queue is closed at shutdown; a refused or evicted sample gets a 'rejected' record via _on_drop."""
-        return bool(self.queue.put(sample, timeout=None))
+        """Source -> dispatcher. When nothing is queued and no one is handing inputs to the dispatcher, the
+        source's own thread decides the input (and, when it runs locally on an idle worker, runs it): at sensor
+        rates an input then crosses no thread at all, as in a hand-written loop. Otherwise it joins the queue
+        (under 'block' this waits for space: ZeroMQ RCVHWM backpressure, until the queue closes at shutdown;
+        a refused or evicted sample gets a 'rejected' record via _on_drop), and the router takes it in order."""
+        q = self.queue
+        if not q.qsize() and not q.closed and self._lane.acquire(blocking=False):
+            try:
+                if not q.qsize():  # nothing accepted before it is still waiting: order holds
+                    self.dispatcher.submit_many((sample,))  # one record per input, whatever happens inside
+                    return True
+            finally:
+                self._lane.release()
+        return bool(q.put(sample, timeout=None))
 
     def _on_drop(self, sample: Any, reason: str) -> None:
         if self.dispatcher is not None:
@@ -336,7 +349,8 @@ class Daemon:
                     return
                 continue
             try:
-                d.submit_many(samples)  # records its own per-input failures; never raises for one input
+                with self._lane:
+                    d.submit_many(samples)  # records its own per-input failures; never raises for one input
             except Exception:
                 log.exception("router: submit_many failed for %d input(s)", len(samples))
 

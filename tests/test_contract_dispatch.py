@@ -103,7 +103,11 @@ def test_offloaded_multi_tensor_and_stateful_models_equal_the_runtime_and_state_
     chunks = {s: rng.standard_normal((6, 16)).astype(np.float32) for s in ("mcu-a", "mcu-b")}
     xs = rng.standard_normal((3, 6)).astype(np.float32)
     seq = 0
+    two_seq: Dict[int, int] = {}  # seq -> row of xs (offloaded results may complete in any order)
     try:
+        deadline = time.monotonic() + 20  # the first probe has reached the fog: it is connected
+        while (d.link.t_f_us("vad") is None or d.link.t_f_us("two") is None) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for k in range(6):
             if k == 3:  # half-way: the fog node dies
                 deadline = time.monotonic() + 30
@@ -114,6 +118,7 @@ def test_offloaded_multi_tensor_and_stateful_models_equal_the_runtime_and_state_
                 d.submit(_sample("vad", seq, chunks[s][k], s, {"x": chunks[s][k], "sr": sr}))
                 seq += 1
             if k < 3:
+                two_seq[seq] = k
                 d.submit(_sample("two", seq, xs[k], "cam"))
                 seq += 1
         assert d.close(30)
@@ -124,7 +129,8 @@ def test_offloaded_multi_tensor_and_stateful_models_equal_the_runtime_and_state_
     assert {r["decision"] for r in records[:9]} == {"offload"}, [r["decision"] for r in records]
     two = [(r, o) for r, o in published if r["model"] == "two"]
     ref = direct_ort(root / "two" / "model.onnx", {"x": xs})
-    for i, (rec, outs) in enumerate(two):
+    for rec, outs in two:
+        i = two_seq[rec["seq"]]
         assert rec["decision"] == "offload" and set(rec["outputs"]) == {"probs", "emb"}
         np.testing.assert_allclose(outs["probs"], ref["probs"][i], rtol=1e-6)
         np.testing.assert_allclose(outs["emb"], ref["emb"][i], rtol=1e-6)

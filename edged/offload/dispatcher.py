@@ -47,6 +47,8 @@ HEADER_OVERHEAD_BYTES = 200
 #: assumed reply size (bytes) for a model until a reply has been seen
 DEFAULT_REPLY_BYTES = 300
 DECISIONS = ("local", "offload", "fallback", "rejected")
+#: the key of the caller's thread in ``_busy`` while it runs an input inline
+INLINE = -1
 #: one input's raw outputs: output name -> array (batch axis removed)
 Outputs = Dict[str, np.ndarray]
 
@@ -239,7 +241,10 @@ class Dispatcher:
                         self._track(job)
                     self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
         finally:
-            self._enqueue_local_many(local)
+            if len(local) == 1 and self._claim_idle_worker(local[0]):
+                self._run_inline(local[0])  # nothing queued, no worker busy: no hand-off buys anything
+            else:
+                self._enqueue_local_many(local)
 
     def _decide_one(self, sample: Any, backlog_base_us: Optional[float] = None) -> Optional[_Job]:
         """Track one input and decide it; None if it was already recorded (rejected)."""
@@ -519,6 +524,27 @@ class Dispatcher:
             self._cv.notify()
 
     # ---- local path ------------------------------------------------------------------------------
+    def _claim_idle_worker(self, job: _Job) -> bool:
+        """True (and the caller counts as a busy worker) when no local input waits and no worker is busy."""
+        with self._cv:
+            if self._queue or self._fallbacks or self._busy or self._stop.is_set():
+                return False
+            self._busy[INLINE] = (self.clock(), job.est_us)
+            self._pending_us = 0.0
+            return True
+
+    def _run_inline(self, job: _Job) -> None:
+        """Run one local input on the caller's thread (the inline fast path); it still gets exactly one record."""
+        try:
+            self._run_local(job)
+        except Exception as exc:  # _emit is idempotent: a recorded input is skipped
+            log.exception("local run failed")
+            self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._cv:
+                self._busy.pop(INLINE, None)
+                self._cv.notify_all()
+
     def _enqueue_local_many(self, jobs: List[_Job]) -> None:
         if not jobs:
             self._pending_us = 0.0
