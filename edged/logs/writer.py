@@ -1,6 +1,7 @@
 """The line-atomic JSON-lines writer (:class:`JsonlWriter`) with rotation, a bounded spool and retry.
 
-Every record is encoded with the real :mod:`json` encoder (:func:`encode_record`: numpy
+Every record is encoded with orjson, or the real :mod:`json` encoder where orjson would differ
+(:func:`encode_record`: numpy
 scalars/arrays become numbers/lists, NaN/inf become ``null``, anything else its ``repr``) and
 written with ONE ``os.write`` of the whole line including ``\\n`` on an ``O_APPEND`` descriptor,
 under a lock. A crash (kill -9, power cut) can therefore tear at most the line being written; on
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
+from edged._json import HAVE_ORJSON
 from edged.errors import LogStorageError
 
 log = logging.getLogger("edged.logs")
@@ -117,12 +119,45 @@ def _safe_repr(obj: Any) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default, allow_nan=False)
 
 
+def _orjson_default(obj: Any) -> Any:
+    """:func:`_json_default` for orjson, plus float subclasses (json encodes them as floats)."""
+    if isinstance(obj, float):
+        return float(obj)
+    return _json_default(obj)
+
+
+if HAVE_ORJSON:
+    import orjson as _orjson
+
+    #: dataclasses are encoded natively (same fields as ``dataclasses.asdict``); datetimes go to
+    #: ``default`` (``isoformat()``, as json); numpy goes to ``default`` too (``item()``/``tolist()``,
+    #: as json: OPT_SERIALIZE_NUMPY would write float32 as its shortest float32 text, ``0.1``
+    #: instead of json's ``0.10000000149011612``, a different value once parsed).
+    _ORJSON_OPTS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_APPEND_NEWLINE
+    _orjson_dumps: Optional[Callable[..., bytes]] = _orjson.dumps
+else:  # pragma: no cover - orjson is in install_requires; edged._json logged the fallback
+    _ORJSON_OPTS = 0
+    _orjson_dumps = None
+
+
 def encode_record(record: Any) -> bytes:
     """One JSON line (UTF-8, ASCII-escaped, ending in ``\\n``) for ``record``. Never raises.
 
-    Fast path: the stock encoder with :func:`_json_default`. If that fails (NaN/inf, odd keys,
-    a circular reference, a failing ``default``), the record is sanitised first.
+    Fastest path: orjson with :func:`_orjson_default` (NaN/inf become ``null`` natively). Its line
+    is kept only if it is ASCII (json escapes non-ASCII; a raw U+2028 could split a line for a
+    reader); anything orjson refuses (non-str keys, integers beyond 64 bits, lone surrogates,
+    circular or 255+ deep nesting) takes the json path: the stock encoder with
+    :func:`_json_default`; if that fails (NaN/inf, odd keys, a circular reference, a failing
+    ``default``), the record is sanitised first.
     """
+    if _orjson_dumps is not None:
+        try:
+            line = _orjson_dumps(record, default=_orjson_default, option=_ORJSON_OPTS)
+        except Exception:  # noqa: BLE001 - orjson.JSONEncodeError, or a failing default: json decides
+            pass
+        else:
+            if line.isascii():
+                return line
     try:
         text = _ENCODER.encode(record)
     except Exception:

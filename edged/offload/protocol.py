@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from edged._json import dumps_header
+
 PROTOCOL_VERSION = 1
 KINDS = ("infer", "ping")
 STATUSES = ("ok", "error", "refused")
@@ -37,9 +39,13 @@ class ProtocolError(ValueError):
     """A message that does not follow the wire protocol."""
 
 
+def _json_header(header: Dict[str, Any]) -> str:
+    return json.dumps(header, separators=(",", ":"))
+
+
 def encode_header(header: Dict[str, Any]) -> bytes:
-    """Serialise a header dict to compact UTF-8 JSON."""
-    return json.dumps(header, separators=(",", ":")).encode("utf-8")
+    """Serialise a header dict to compact, ASCII JSON (orjson where it agrees with json: edged._json)."""
+    return dumps_header(header, _json_header)
 
 
 def decode_header(frame: bytes) -> Dict[str, Any]:

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Optional, Sequence, Set
 
+from edged._json import dumps_header
 from edged.sinks.base import Result, ResultSink, SinkConfig, describe_outputs, header_of, output_items
 from edged.sinks.mqtt_broker import (
     BrokerConfig,
@@ -239,7 +240,7 @@ class MqttSink(ResultSink):
                 else:
                     d["omitted"] = True
         head["outputs"] = descs
-        return _ENCODE(head).encode("utf-8")
+        return dumps_header(head, _ENCODE, _json_default)  # orjson where it gives _ENCODE's answer
 
     def _topic(self, rec: Dict[str, Any]) -> str:
         t = self.cfg.topic

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import zmq
 
+from edged._json import dumps_header
 from edged.endpoints import check_zmq_endpoint
 from edged.errors import EdgedError
 from edged.sinks.base import Result, ResultSink, SinkConfig, describe_outputs, output_items
@@ -148,7 +149,7 @@ def topic_formatter(template: str) -> Any:
 
 
 #: (name, dtype, shape) of each output -> the ``"outputs":[...]`` JSON fragment (bounded cache)
-_OUTPUTS_JSON: Dict[Tuple[Any, ...], str] = {}
+_OUTPUTS_JSON: Dict[Tuple[Any, ...], bytes] = {}
 _MAX_OUTPUTS_JSON = 1024
 
 
@@ -160,12 +161,12 @@ def encode_result(result: Result, with_outputs: bool = True) -> Tuple[bytes, Lis
     key = tuple((n, a.dtype, a.shape) for n, a in items)
     frag = _OUTPUTS_JSON.get(key)
     if frag is None:
-        frag = '"outputs":' + _ENCODE(describe_outputs(items))
+        frag = b'"outputs":' + dumps_header(describe_outputs(items), _ENCODE, _json_default)
         if len(_OUTPUTS_JSON) < _MAX_OUTPUTS_JSON:
             _OUTPUTS_JSON[key] = frag
-    text = _ENCODE(head)
-    text = text[:-1] + ("," if len(text) > 2 else "") + frag + "}"
-    return text.encode("utf-8"), [a for _, a in items]
+    # orjson where it gives json's answer (edged._json): else _ENCODE (ASCII; NaN raises)
+    text = dumps_header(head, _ENCODE, _json_default)
+    return text[:-1] + (b"," if len(text) > 2 else b"") + frag + b"}", [a for _, a in items]
 
 
 def decode_result(frames: Sequence[bytes]) -> Tuple[str, Dict[str, Any], Dict[str, np.ndarray]]:

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import zmq
 
+from edged._json import LONG_DIGITS, orjson_loads
 from edged.errors import SourceError
 from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
@@ -269,13 +270,21 @@ class ZmqSource(Source):
                 head, payload = frames
                 if len(head) > _FAST_HEADER_BYTES:  # bounded before parsing: <= 128 nesting levels reach the scanner
                     continue
-                try:  # the decoder's scanner without json.loads' wrappers: ~4x faster on a small header
-                    text = head.decode("utf-8")
-                    header, end = _SCAN_JSON(text, 0)
-                except Exception:  # StopIteration, ValueError (UnicodeDecodeError, JSONDecodeError): general path
-                    continue
-                if end != len(text):  # trailing bytes/whitespace: let the general path judge it
-                    continue
+                if orjson_loads is not None:  # orjson where it agrees with json.loads (edged._json), ~3x faster
+                    if LONG_DIGITS.search(head) is not None:  # maybe an integer beyond 64 bits: general path
+                        continue
+                    try:
+                        header = orjson_loads(head)
+                    except Exception:  # NaN, lone surrogate, not JSON, not bytes...: the general path judges it
+                        continue
+                else:
+                    try:  # the decoder's scanner without json.loads' wrappers: ~4x faster on a small header
+                        text = head.decode("utf-8")
+                        header, end = _SCAN_JSON(text, 0)
+                    except Exception:  # StopIteration, ValueError (UnicodeDecodeError, JSONDecodeError): general path
+                        continue
+                    if end != len(text):  # trailing bytes/whitespace: let the general path judge it
+                        continue
                 if type(header) is not dict or not header.keys() <= _FAST_KEYS:
                     continue
                 model = header.get("model")
