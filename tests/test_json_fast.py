@@ -109,6 +109,16 @@ def test_big_integers_stay_python_ints() -> None:
         assert type(parse_header_json(f'{{"seq":{n}}}'.encode())["seq"]) is int
 
 
+def test_long_digit_run_guard() -> None:
+    assert ej.has_long_digit_run(b'{"a":' + b"1" * 19 + b"}") and ej.has_long_digit_run("x" + "9" * 25)
+    assert ej.has_long_digit_run(memoryview(b"1" * 19)) and ej.has_long_digit_run(bytearray(b"1" * 19))
+    assert not ej.has_long_digit_run(b'{"ts":1795423871.689523,"x":123456789012345678.5}')
+    assert not ej.has_long_digit_run("\ud800 " + "1" * 18)
+    assert ej.has_long_digit_run(12345)  # not text: cannot tell, so json.loads decides (and raises TypeError)
+    with pytest.raises(TypeError):
+        ej.loads(12345)
+
+
 def test_parse_header_json_bounds_are_checked_before_parsing() -> None:
     with pytest.raises(FrameError, match="nests 40 levels deep"):
         parse_header_json(b'{"x":' + b"[" * 39 + b"]" * 39 + b"}")
@@ -120,6 +130,10 @@ HEADERS: List[bytes] = [
     b'{"model":"mlp","seq":1}', b'{"model":"mlp","seq":2,"ts":1.5}', b'{"model":"mlp","seq":3}  ',
     b'{"model":"mlp","seq":' + str(2**70).encode() + b"}",
     b'{"model":"mlp","seq":4,"ts":' + str(10**30).encode() + b"}",
+    b'{"model":"mlp","seq":4,"ts":' + str(2**64).encode() + b"}", b'{"model":"mlp","seq":4,"ts":-9223372036854775809}',
+    b'{"model":"mlp","seq":4,"ts":9223372036854775807}', b'{"model":"mlp","seq":4,"ts":1e19}',
+    b'{"model":"mlp","seq":18446744073709551615}',
+    b'{"model":"mlp","seq":17,"ts":1.5,"ts":2.5}', b'{"seq":18,"model":"mlp","model":"nope"}',
     b'{"model":"mlp","seq":1' + b"0" * 400 + b"}",
     b'{"model":"mlp","seq":5,"ts":1e400}', b'{"model":"mlp","seq":6,"ts":NaN}',
     b'{"model":"mlp","seq":7,"deadline_ms":-Infinity}', b'{"model":"mlp","seq":8,"sender":"\\ud800"}',

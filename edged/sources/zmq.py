@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import zmq
 
-from edged._json import LONG_DIGITS, orjson_loads
+from edged._json import orjson_loads
 from edged.errors import SourceError
 from edged.runtime.base import TensorSpec
 from edged.sources.base import Sink, Source
@@ -56,7 +56,10 @@ DRAIN_MAX_S = 2.0
 _FAST_HEADER_BYTES = 256
 #: Header keys the burst fast path handles itself; any other key takes the general path.
 _FAST_KEYS = frozenset({"model", "seq", "ts"})
-#: ``(str, index) -> (object, end)``: the C scanner behind ``json.loads``.
+#: A ``ts`` the burst fast path takes (finite, |ts| below this); any other takes the general path. Below
+#: 2**63, so an integer literal orjson turned into a float never passes (json.loads keeps it an int).
+_FAST_TS_LIMIT = 9.0e18
+#: ``(str, index) -> (object, end)``: the C scanner behind ``json.loads`` (without orjson).
 _SCAN_JSON = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -270,9 +273,10 @@ class ZmqSource(Source):
                 head, payload = frames
                 if len(head) > _FAST_HEADER_BYTES:  # bounded before parsing: <= 128 nesting levels reach the scanner
                     continue
-                if orjson_loads is not None:  # orjson where it agrees with json.loads (edged._json), ~3x faster
-                    if LONG_DIGITS.search(head) is not None:  # maybe an integer beyond 64 bits: general path
-                        continue
+                if orjson_loads is not None:  # orjson: 0.3 us instead of 0.7 on a small header
+                    # Where orjson and json.loads differ, the general path (json.loads' answer) decides:
+                    # orjson refuses NaN, lone surrogates, a BOM...; an integer literal beyond 64 bits
+                    # comes back as a float of magnitude >= 2**63 (seq: not an int; ts: out of range below).
                     try:
                         header = orjson_loads(head)
                     except Exception:  # NaN, lone surrogate, not JSON, not bytes...: the general path judges it
@@ -294,7 +298,8 @@ class ZmqSource(Source):
                     continue
                 layout = _layout(spec)
                 ts = header.get("ts")
-                if len(payload) != layout.nbytes or (ts is not None and (type(ts) is not float or ts - ts != 0.0)) or \
+                if len(payload) != layout.nbytes or \
+                        (ts is not None and (type(ts) is not float or not -_FAST_TS_LIMIT < ts < _FAST_TS_LIMIT)) or \
                         len(head) + len(payload) > max_bytes:
                     continue
                 parsed[i] = (header, -1 if seq is None else seq)
