@@ -24,12 +24,13 @@ restarts the service.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, load_config
 from edged.errors import ConfigError, EdgedError
@@ -110,6 +111,7 @@ class Daemon:
         self.events = DecisionEvents()
         #: held by whoever hands inputs to the dispatcher (the router, or a source thread going inline)
         self._lane = threading.Lock()
+        self._signals = contextlib.ExitStack()  # the signal watcher, until main() returns
 
     # ------------------------------------------------------------------ start-up
 
@@ -498,13 +500,21 @@ class Daemon:
         return ok and lost == 0
 
     def install_signal_handlers(self) -> None:
-        def on_stop(signum: int, _frame: Any) -> None:
-            log.info("%s received: shutting down", signal.Signals(signum).name)
-            self.stop_event.set()
+        """SIGTERM/SIGINT stop, SIGHUP reopens the logs. The actions run in a watcher thread, never inside a
+        Python signal handler: there, ``Event.set()`` can deadlock on the lock a ``wait()`` in the main thread
+        holds, and a log line can raise "reentrant call" mid-write (seen under qemu; see edged/signals.py)."""
+        from edged.signals import signal_actions
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+        def on_stop(name: str) -> Callable[[], None]:
+            def act() -> None:
+                log.info("%s received: shutting down", name)
+                self.stop_event.set()
+
+            return act
+
+        self._signals.enter_context(signal_actions({signal.SIGTERM: on_stop("SIGTERM"),
+                                                    signal.SIGINT: on_stop("SIGINT"),
+                                                    signal.SIGHUP: self._hup.set}))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -553,19 +563,20 @@ def main(args: argparse.Namespace) -> int:
     _configure_logging(cfg)
     d = Daemon(cfg)
     d.install_signal_handlers()
-    try:
-        d.start()
-    except Interrupted:  # SIGTERM/SIGINT during start-up (e.g. profiling): a clean stop
-        log.info("stopped during start-up")
-        d.stop_event.set()
-        d.shutdown()
-        return 0
-    except EdgedError:
-        d.stop_event.set()
-        d.shutdown()
-        raise
-    try:
-        d.run()
-    finally:
-        ok = d.shutdown()
+    with d._signals:
+        try:
+            d.start()
+        except Interrupted:  # SIGTERM/SIGINT during start-up (e.g. profiling): a clean stop
+            log.info("stopped during start-up")
+            d.stop_event.set()
+            d.shutdown()
+            return 0
+        except EdgedError:
+            d.stop_event.set()
+            d.shutdown()
+            raise
+        try:
+            d.run()
+        finally:
+            ok = d.shutdown()
     return 0 if ok else 1

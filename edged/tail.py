@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -29,7 +30,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -39,6 +39,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, TextIO, Tuple
 from edged.errors import EdgedError
 from edged.logs import LogReader, ReadStats, default_log_dir, log_files, read_records
 from edged.logs.stats import log_health, read_stats_file, unattributable_input
+from edged.signals import stop_on_signals
 
 Record = Dict[str, Any]
 
@@ -715,23 +716,19 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     tail = _Tail(args, sys.stdout, sys.stderr)
     stop = threading.Event()
-    previous: Dict[signal.Signals, Any] = {}
-    if args.follow and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda _s, _f: stop.set())
+    guard = (stop_on_signals(stop) if args.follow and threading.current_thread() is threading.main_thread()
+             else contextlib.nullcontext())
     try:
-        if args.follow:
-            tail.run_follow(stop)
-        else:
-            tail.run_once()
+        with guard:  # never Event.set() inside a signal handler (see edged/signals.py)
+            if args.follow:
+                tail.run_follow(stop)
+            else:
+                tail.run_once()
     except BrokenPipeError:
         _silence_stdout()
         return 0
     except KeyboardInterrupt:
         pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     tail.print_summary()
     return 0
 

@@ -473,34 +473,35 @@ def main(args: argparse.Namespace) -> int:
                        models=args.model or None)
     stop = threading.Event()
 
-    def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("fog: signal %d, stopping", signum)
+    def _on_signal() -> None:  # runs in edged.signals' watcher thread, never inside a signal handler
+        log.info("fog: stop signal, stopping")
         stop.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    from edged.notify import Notifier
+    from edged.signals import signal_actions
 
-    notifier = Notifier()
-    endpoint = server.open()
-    ready = f"edged fog: serving {len(server.model_names)} models on {endpoint}"
-    print(ready, flush=True)
-    log.info("%s (%s; workers=%d threads=%d curve=%s)", ready, ", ".join(server.model_names), args.workers,
-             args.threads, "on" if args.curve_secret_key else "off")
-    notifier.ready(ready)
-    wd = notifier.watchdog_interval_s
-    due = {"ping": 0.0, "status": 0.0}
+    with signal_actions({signal.SIGTERM: _on_signal, signal.SIGINT: _on_signal}):
+        from edged.notify import Notifier
 
-    def tick() -> None:  # from the I/O loop: systemd restarts a fog whose loop hangs
-        now = time.monotonic()
-        if wd and now >= due["ping"]:
-            notifier.watchdog()
-            due["ping"] = now + wd
-        if notifier.enabled and now >= due["status"]:
-            notifier.status(", ".join(f"{k}={v}" for k, v in server.counts.items()))
-            due["status"] = now + 2.0
+        notifier = Notifier()
+        endpoint = server.open()
+        ready = f"edged fog: serving {len(server.model_names)} models on {endpoint}"
+        print(ready, flush=True)
+        log.info("%s (%s; workers=%d threads=%d curve=%s)", ready, ", ".join(server.model_names), args.workers,
+                 args.threads, "on" if args.curve_secret_key else "off")
+        notifier.ready(ready)
+        wd = notifier.watchdog_interval_s
+        due = {"ping": 0.0, "status": 0.0}
 
-    server.serve_forever(stop, tick)
-    notifier.stopping()
-    log.info("fog: stopped (%s)", ", ".join(f"{k}={v}" for k, v in server.counts.items()))
+        def tick() -> None:  # from the I/O loop: systemd restarts a fog whose loop hangs
+            now = time.monotonic()
+            if wd and now >= due["ping"]:
+                notifier.watchdog()
+                due["ping"] = now + wd
+            if notifier.enabled and now >= due["status"]:
+                notifier.status(", ".join(f"{k}={v}" for k, v in server.counts.items()))
+                due["status"] = now + 2.0
+
+        server.serve_forever(stop, tick)
+        notifier.stopping()
+        log.info("fog: stopped (%s)", ", ".join(f"{k}={v}" for k, v in server.counts.items()))
     return 0

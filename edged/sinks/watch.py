@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -106,13 +105,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="ZeroMQ topic prefix (default all) or MQTT filter (default edged/results/#)")
     ap.add_argument("--count", type=int, default=0, help="exit after this many results (0 = run until Ctrl-C)")
     args = ap.parse_args(argv)
+    from edged.signals import stop_on_signals
+
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if args.endpoint.startswith(("mqtt://", "mqtts://")):
-        watch_mqtt(args.endpoint, args.topic or "edged/results/#", stop, count=args.count)
-    else:
-        watch_zmq(args.endpoint, args.topic or "", stop, count=args.count)
+    with stop_on_signals(stop):  # never Event.set() inside a signal handler (see edged/signals.py)
+        if args.endpoint.startswith(("mqtt://", "mqtts://")):
+            watch_mqtt(args.endpoint, args.topic or "edged/results/#", stop, count=args.count)
+        else:
+            watch_zmq(args.endpoint, args.topic or "", stop, count=args.count)
     return 0
 
 
