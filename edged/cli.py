@@ -25,7 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "sim": ("edged.sim", "simulate a sensor over serial, a pty or ZeroMQ"),
     "tail": ("edged.tail", "follow the decision or power log, with a summary"),
     "report": ("edged.report", "summarise a log directory per model and decision"),
-    "check-config": ("edged.config", "validate a config file (exit 0 if valid, 1 if not)"),
+    "check-config": ("edged.config", "validate a config file (exit 0 if valid, 78 if not)"),
     "keys": ("edged.offload.keys", "generate CURVE key pairs for the edge<->fog link"),
 }
 
