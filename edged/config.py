@@ -88,6 +88,9 @@ class ModelsConfig:
     backend: str = field(default="auto", metadata=_choices(*BACKEND_NAMES))
     backends: Mapping[str, str] = field(default_factory=dict, metadata={"values": BACKEND_NAMES})  # per model
     threads: int = field(default=1, metadata=_min(1))
+    #: onnxruntime execution providers in order of preference (e.g. TensorRT, CUDA, CPU on a Jetson);
+    #: () = the CPU provider. One requested but not active here is a logged warning, not an error.
+    providers: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,10 @@ class Daemon:
         for name in enabled:
             self._status(f"loading model {name}")
             backend = self.cfg.models.backends.get(name, self.cfg.models.backend)
-            self.models[name] = cat.load(name, backend, threads=self.cfg.models.threads)
+            options = {}
+            if self.cfg.models.providers and cat.resolve_backend(name, backend) == "onnx":
+                options["providers"] = list(self.cfg.models.providers)
+            self.models[name] = cat.load(name, backend, threads=self.cfg.models.threads, **options)
         return cat
 
     def _profile(self, cat: Any) -> Dict[str, Any]:

@@ -463,3 +463,23 @@ def test_check_config_points_at_the_line(tmp_path):
     assert f"{f}:4: fog.timeout_ms = 'fast': expected a number" in p.stderr
     assert f"{f}:11: sources[1].framing = 'slip'" in p.stderr
     assert f"{f}:9: sources[1].url = ''" in p.stderr, "a missing key points at its table"
+
+
+def test_models_providers_reach_onnxruntime_and_a_missing_one_is_a_warning(tmp_path):
+    """[models] providers: the ONNX sessions are asked for them in order; one this build lacks (CUDA on
+    the PyPI CPU wheel) is a named warning, and the daemon runs on the CPU."""
+    port = free_port()
+    cfg = write_config(tmp_path, port)
+    cfg.write_text(cfg.read_text().replace(
+        "[power]", '[models]\nenabled = ["mlp"]\nbackend = "onnx"\n'
+                   'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n[power]'))
+    proc = start_daemon(cfg)
+    try:
+        wait_ready(cfg, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "CUDAExecutionProvider not active" in text and "running on CPUExecutionProvider" in text, text[-2000:]
