@@ -116,6 +116,20 @@ def shipped_models_dir() -> Path:
     return Path(sys.prefix) / "share" / "edged" / "models"
 
 
+def site_models_dir() -> Optional[Path]:
+    """``$CONFIGURATION_DIRECTORY/models`` (``/etc/edged/models`` under the systemd units) if it exists.
+
+    User models installed there (``hw/install.sh --models DIR``) are found by every edged command run
+    by edged.service or edged-fog.service, without a ``models.dirs`` entry; the hardened units can read
+    /etc, and both units serve the same directory, so edge and fog hold the same models.
+    """
+    conf = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if not conf:
+        return None
+    d = Path(conf) / "models"
+    return d if d.is_dir() else None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -1054,6 +1068,9 @@ class Catalogue:
                  strict: bool = False) -> Catalogue:
         """Read every ``<root>/<name>/manifest.*``. Only ``strict`` raises for a bad manifest."""
         roots: List[Path] = [shipped_models_dir()] if include_shipped else []
+        site = site_models_dir()
+        if site is not None and include_shipped:
+            roots.append(site)
         roots += [Path(d) for d in (extra_dirs or [])]
         entries: Dict[str, ModelEntry] = {}
         errors: Dict[str, str] = {}

@@ -16,13 +16,14 @@ PREFIX=""
 PYTHON=${PYTHON:-python3}
 DRY_RUN=0
 WITH_FOG=0
+MODELS_SRC=
 EXTRAS=""
 BOARD=""
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
     cat <<EOF
-usage: $0 [--dry-run] [--root DIR] [--fog] [--prefix DIR] [--extras LIST] [--board pi|jetson|generic] [--python PY]
+usage: $0 [--dry-run] [--root DIR] [--fog] [--prefix DIR] [--extras LIST] [--board pi|jetson|generic] [--python PY] [--models DIR]
 
   --dry-run       print what would be done, change nothing
   --root DIR      install under DIR instead of / (no groups, no daemon-reload, no root needed)
@@ -31,6 +32,8 @@ usage: $0 [--dry-run] [--root DIR] [--fog] [--prefix DIR] [--extras LIST] [--boa
   --extras LIST   pip extras, comma separated (default: detected from the board)
   --board NAME    skip detection: pi, jetson or generic
   --python PY     interpreter for the venv (default python3, >= 3.9)
+  --models DIR    copy each model directory in DIR (DIR/<name>/manifest.* + files) to /etc/edged/models,
+                  where edged.service and edged-fog.service find them
 EOF
 }
 
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
         --extras) EXTRAS=${2:?--extras needs a list}; shift ;;
         --board) BOARD=${2:?--board needs pi, jetson or generic}; shift ;;
         --python) PYTHON=${2:?--python needs an interpreter}; shift ;;
+        --models) MODELS_SRC=${2:?--models needs a directory}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -153,6 +157,19 @@ if [ -f "$EXAMPLE" ] || [ "$DRY_RUN" = 1 ]; then
     fi
 else
     warn "$EXAMPLE not found; write $CONF_DIR/edged.toml yourself"
+fi
+# user models: /etc/edged/models is the units' ConfigurationDirectory/models, found by every edged command
+# run under them (run, fog, profile) without a models.dirs entry; read-only for the services
+run install -d -m 0755 "$CONF_DIR/models"
+if [ -n "${MODELS_SRC:-}" ]; then
+    [ -d "$MODELS_SRC" ] || die "--models $MODELS_SRC: not a directory"
+    for m in "$MODELS_SRC"/*/; do
+        [ -e "$m/manifest.json" ] || [ -e "$m/manifest.toml" ] || { warn "skipping $m: no manifest.json or manifest.toml"; continue; }
+        name=$(basename "$m")
+        run install -d -m 0755 "$CONF_DIR/models/$name"
+        run cp -r --no-preserve=ownership "$m". "$CONF_DIR/models/$name/"
+        say "model $name installed in $CONF_DIR/models/$name"
+    done
 fi
 
 # --- groups the unit names ------------------------------------------------------------------------

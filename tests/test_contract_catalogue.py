@@ -215,3 +215,28 @@ def test_run_models_dir_flag_adds_a_directory(tmp_path):
         p.communicate(timeout=30)
     bad = run_edged(["run", "--config", str(cfg), "--models-dir", str(tmp_path / "nope")])
     assert bad.returncode == 78 and "nope: expected an existing directory" in bad.stderr
+
+
+def test_user_models_in_the_units_configuration_directory_are_found(tmp_path):
+    """/etc/edged/models is $CONFIGURATION_DIRECTORY/models under edged.service and edged-fog.service: every
+    command finds a model there without models.dirs, and hw/install.sh --models puts models there."""
+    conf = tmp_path / "etc-edged"
+    shutil.copytree(MODELS / "mlp", conf / "models" / "mlp2")
+    m = json.loads((conf / "models" / "mlp2" / "manifest.json").read_text())
+    m["name"] = "mlp2"
+    (conf / "models" / "mlp2" / "manifest.json").write_text(json.dumps(m))
+    out = run_edged(["models"], env={"CONFIGURATION_DIRECTORY": str(conf)})
+    assert out.returncode == 0 and "mlp2" in out.stdout, out.stdout + out.stderr
+    assert "mlp2" not in run_edged(["models"]).stdout
+
+    import subprocess
+
+    from .conftest import REPO
+
+    dry = subprocess.run(["bash", str(REPO / "hw" / "install.sh"), "--dry-run", "--root", str(tmp_path / "root"),
+                          "--models", str(conf / "models"), "--board", "generic"],
+                         capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert dry.returncode == 0, dry.stderr
+    assert f"{tmp_path}/root/etc/edged/models/mlp2" in dry.stdout
+    for unit in ("edged.service", "edged-fog.service"):
+        assert "ConfigurationDirectory=edged" in (REPO / "systemd" / unit).read_text()
