@@ -6,6 +6,9 @@ line or a CLI message is enough to fix the problem without reading code.
 
 from __future__ import annotations
 
+import errno
+import os
+
 #: exit status of any edged command for an invalid configuration (sysexits EX_CONFIG); the
 #: systemd units list it in RestartPreventExitStatus= so a config error does not restart-loop
 EXIT_CONFIG = 78
@@ -56,3 +59,15 @@ class LogStorageError(EdgedError):
 
 class SourceError(EdgedError):
     """A sensor source cannot take its endpoint (e.g. a ZeroMQ bind fails); names the endpoint and errno."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """``No space left on device (ENOSPC)`` for an error with an errno; else its text, bounded (or its type).
+
+    The one way edged names an OS error in a message, STATUS= or the journal: the text a user
+    searches for and the symbol a developer greps for.
+    """
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        return f"{os.strerror(code)} ({errno.errorcode[code]})"
+    return str(exc)[:200] or type(exc).__name__

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from edged._json import HAVE_ORJSON
-from edged.errors import LogStorageError
+from edged.errors import LogStorageError, describe_os_error
 
 log = logging.getLogger("edged.logs")
 
@@ -667,14 +667,6 @@ def _ends_with_newline(path: Path, size: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # storage checks
 # ---------------------------------------------------------------------------------------------
-def describe_os_error(exc: BaseException) -> str:
-    """``"No space left on device (ENOSPC)"`` for an OSError, else ``"Type: message"``."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
-        return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _storage_hint(exc: BaseException) -> str:
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT):

@@ -7,12 +7,12 @@ imports and its configs check without it; a missing paho gives
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Type, TypeVar
 
+from edged import errors
 from edged.errors import EdgedError, MissingDependencyError
 from edged.sinks.base import build_config
 
@@ -32,18 +32,15 @@ def import_paho(what: str) -> Any:
 
 
 def describe_os_error(exc: BaseException) -> str:
-    """``Connection refused (ECONNREFUSED)`` for an OSError with an errno; ``TLS: <why>`` for a TLS
-    failure (``certificate verify failed: Hostname mismatch ...``); else its text (bounded)."""
+    """:func:`edged.errors.describe_os_error`, and ``TLS: <why>`` for a TLS failure
+    (``certificate verify failed: Hostname mismatch ...``)."""
     import ssl
 
     if isinstance(exc, ssl.SSLError):
         why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
         return f"TLS: {str(why)[:200]}" + (" (certificate verify failed)"
                                            if isinstance(exc, ssl.SSLCertVerificationError) else "")
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code in errno.errorcode:
-        return f"{os.strerror(code)} ({errno.errorcode[code]})"
-    return (str(exc)[:200] or type(exc).__name__)
+    return errors.describe_os_error(exc)
 
 
 @dataclass(frozen=True)

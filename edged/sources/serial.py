@@ -9,13 +9,11 @@ and once when it ends, and counted in ``stats.reconnects``.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 from typing import Any, Mapping, Optional, Union
 
-from edged.errors import SourceError
+from edged.errors import SourceError, describe_os_error
 from edged.sources.base import Sink, Source
 from edged.sources.framing import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -48,14 +46,6 @@ def open_port(url: str, baudrate: int) -> Any:
     import serial  # core dependency, imported here so edged.sources stays light
 
     return serial.serial_for_url(url, baudrate=baudrate, timeout=READ_TIMEOUT_S)
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """``No such file or directory (ENOENT)`` for an error with an errno, else its text (bounded)."""
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code in errno.errorcode:
-        return f"{os.strerror(code)} ({errno.errorcode[code]})"
-    return str(exc)[:200] or type(exc).__name__
 
 
 def _line_model(segment: bytes) -> Optional[str]:
