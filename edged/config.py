@@ -711,8 +711,15 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from edged.logs import ensure_writable_dir
 
-    try:  # as `edged run` does before READY=1: create the logs dir if missing and prove it is writable
-        ensure_writable_dir(cfg.resolved_log_dir())
+    log_dir = cfg.resolved_log_dir()
+    try:  # as `edged run` does before READY=1: prove the logs dir writable (run creates it; a check does not)
+        if log_dir.is_dir():
+            ensure_writable_dir(log_dir)
+        else:
+            parent = next((p for p in log_dir.parents if p.exists()), Path("/"))
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise EdgedError(f"logs dir {log_dir} does not exist and cannot be created: {parent} is not a "
+                                 "writable directory; set logs.dir or fix the permissions")
     except EdgedError as exc:  # not a config error: exit 1, so Restart=on-failure may retry (a disk comes back)
         print(f"edged check-config: {exc}", file=sys.stderr)
         return 1
