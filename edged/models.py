@@ -359,6 +359,12 @@ class ModelEntry:
             ident["outputs"] = [o.to_dict() for o in self.outputs]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def manifest_cuts(self) -> Optional[Tuple[str, ...]]:
+        """The interior partition cuts the manifest allows (``partition.cuts``: tensor names), or None
+        when it does not restrict them (every cut that passes verification is offered). ``[]`` allows none."""
+        return parse_partition_cuts(self.manifest.get("partition"))
+
     # ------------------------------------------------------------------ the contract
 
     @property
@@ -651,6 +657,21 @@ def _parse_profile_shapes(raw: Any, inputs: Sequence[ModelInput], primary: str,
     return tuple(out)
 
 
+def parse_partition_cuts(raw: Any) -> Optional[Tuple[str, ...]]:
+    """``partition = {cuts = ["p1", "p2"]}`` -> ("p1", "p2"); absent -> None (no restriction).
+    Raises ValueError saying what is expected."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("must be inside a table: partition = { cuts = [\"tensor\", ...] }")
+    cuts = raw.get("cuts")
+    if cuts is None:
+        return None
+    if not isinstance(cuts, list) or not all(isinstance(c, str) and c for c in cuts):
+        raise ValueError(f"must be a list of tensor names (single-tensor cuts of the ONNX graph), not {cuts!r}")
+    return tuple(cuts)
+
+
 def parse_manifest(path: Path) -> ModelEntry:
     """Read and validate one manifest (v1 or v2). Every error names the model, the file and the field."""
     model_dir = path.parent
@@ -793,6 +814,10 @@ def parse_manifest(path: Path) -> ModelEntry:
                                       layouts.get(spec.name, a_layout), layouts, dict(names_raw))
 
     profile_shapes = _parse_profile_shapes(m.get("profile_shapes"), inputs, spec.name, bad)
+    try:
+        parse_partition_cuts(m.get("partition"))
+    except ValueError as exc:
+        raise bad("partition.cuts", str(exc)) from None
 
     val = m.get("validation") or {}
     val_path = model_dir / str(val["file"]) if isinstance(val, dict) and val.get("file") else None

@@ -20,6 +20,15 @@ Models (Saguil & Azim's pair, and a quantised variant):
   Conv2D(16) -> Conv2D(32) -> MaxPool(2) -> Flatten -> Dense(128, relu) -> Dense(10, softmax).
   Canonical layout NHWC (what a sensor sends); the ONNX artifact is NCHW and the
   catalogue transposes, which keeps layout handling exercised on a real model.
+- ``rgbcnn``: the model where partitioning pays (issue 12). 64x64 RGB images: the scikit-learn digits
+  upsampled x8 (bilinear), shifted by up to 4 px and colourised with a random foreground and
+  background per image (fixed seed), as 8-bit pixels. Input: raw pixel values 0..255 (float32,
+  NHWC); the /255 scaling is folded into the first convolution. Early layers shrink the tensor
+  fast: Conv2D(8, 3, stride 2) -> MaxPool(2) -> Conv2D(16) -> MaxPool(2) -> Conv2D(32) ->
+  MaxPool(2) -> Flatten -> Dense(64, relu) -> Dense(10, softmax), so the intermediate tensors
+  (32 KiB, 8 KiB, ... 2 KiB, 256 B) are far smaller than the 48 KiB input: a cut can send less
+  than the input and less work stays on the device. ``validation.npz`` holds ``x`` as uint8
+  pixels (the catalogue casts to the declared float32), which keeps the file small.
 - ``cnn_int8``: the shipped ``cnn``, full-integer quantised for LiteRT (int8 weights,
   activations, input and output). Not retrained: the Keras model is rebuilt from
   ``models/cnn/model.onnx``'s weights (checked against that file's outputs), and the
@@ -92,6 +101,39 @@ def cnn_data() -> Dict[str, Any]:
     }
 
 
+RGBCNN_SIDE = 64
+RGBCNN_SHIFT = 4  # pixels of random translation
+
+
+def rgbcnn_data() -> Dict[str, Any]:
+    """Digits as 64x64 RGB camera-like images (uint8 pixels), deterministic (``SEED``)."""
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    ds = load_digits()
+    rng = np.random.default_rng(SEED)
+    grey = ds.images.astype(np.float32) / 16.0  # N, 8, 8 in [0, 1]
+    n = len(grey)
+    side = RGBCNN_SIDE
+    up = np.stack([np.clip(zoom(g, side // 8, order=1, mode="nearest"), 0.0, 1.0) for g in grey])
+    shifts = rng.integers(-RGBCNN_SHIFT, RGBCNN_SHIFT + 1, size=(n, 2))
+    bg = rng.uniform(0.0, 0.45, size=(n, 3)).astype(np.float32)
+    fg = rng.uniform(0.55, 1.0, size=(n, 3)).astype(np.float32)
+    x = np.empty((n, side, side, 3), dtype=np.uint8)
+    for i in range(n):
+        v = np.roll(up[i], tuple(int(s) for s in shifts[i]), axis=(0, 1))
+        rgb = bg[i] + (fg[i] - bg[i]) * v[..., np.newaxis]
+        x[i] = np.round(rgb * 255.0).astype(np.uint8)
+    y = ds.target.astype(np.int64)
+    x_tr, x_va, y_tr, y_va = split(x, y)
+    return {
+        "x_tr": x_tr, "y_tr": y_tr, "x_va": x_va, "y_va": y_va,
+        "labels": [str(i) for i in range(10)],
+        "dataset": "sklearn.datasets.load_digits upsampled x8 (bilinear) to 64x64, shifted up to "
+                   f"{RGBCNN_SHIFT} px, colourised per image (seed {SEED}); 1797 RGB images, uint8 pixels",
+    }
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -133,6 +175,30 @@ def train_cnn(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
                   metrics=["accuracy"])
     model.fit(d["x_tr"], d["y_tr"], epochs=30, batch_size=32, verbose=0, shuffle=True)
     return model, {"scale": "pixel / 16.0 -> [0, 1]"}
+
+
+def train_rgbcnn(d: Dict[str, Any]):  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(RGBCNN_SIDE, RGBCNN_SIDE, 3), name="input"),
+        tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1"),
+        tf.keras.layers.MaxPooling2D(2, name="pool1"),
+        tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+        tf.keras.layers.MaxPooling2D(2, name="pool2"),
+        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv3"),
+        tf.keras.layers.MaxPooling2D(2, name="pool3"),
+        tf.keras.layers.Flatten(name="flatten"),
+        tf.keras.layers.Dense(64, activation="relu", name="dense"),
+        tf.keras.layers.Dense(10, activation="softmax", name="probs"),
+    ])
+    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(d["x_tr"].astype(np.float32) / 255.0, d["y_tr"], epochs=25, batch_size=32, verbose=0, shuffle=True)
+    # Fold the /255 pixel scaling into the first convolution: the model takes raw 0..255 pixels.
+    k1, c1 = model.get_layer("conv1").get_weights()
+    model.get_layer("conv1").set_weights([(k1 / 255.0).astype(np.float32), c1])
+    return model, {"scale": "raw 8-bit pixels 0..255 as float32; /255 folded into conv1", "layout": "NHWC RGB"}
 
 
 # --------------------------------------------------------------------------- export
@@ -207,6 +273,47 @@ def export_onnx_cnn(model, path: Path) -> None:  # type: ignore[no-untyped-def]
     _save_onnx(onnx, helper, graph, path)
 
 
+def export_onnx_rgbcnn(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """NCHW graph; Keras 'same' padding with stride 2 on an even side pads one pixel at the end only."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    oihw = (3, 2, 0, 1)
+    inits = []
+    for i in (1, 2, 3):
+        k, c = model.get_layer(f"conv{i}").get_weights()
+        inits += [_init(f"k{i}", k.transpose(oihw)), _init(f"c{i}", c)]
+    w4, b4 = model.get_layer("dense").get_weights()
+    w5, b5 = model.get_layer("probs").get_weights()
+    inits += [_init("w4", w4), _init("b4", b4), _init("w5", w5), _init("b5", b5)]
+    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("Conv", ["input", "k1", "c1"], ["a1"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[0, 0, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], **pool),
+        helper.make_node("Conv", ["p1", "k2", "c2"], ["a2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], **pool),
+        helper.make_node("Conv", ["p2", "k3", "c3"], ["a3"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a3"], ["r3"]),
+        helper.make_node("MaxPool", ["r3"], ["p3"], **pool),
+        helper.make_node("Transpose", ["p3"], ["p3_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Flatten", ["p3_nhwc"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w4", "b4"], ["d_pre"]),
+        helper.make_node("Relu", ["d_pre"], ["d"]),
+        helper.make_node("Gemm", ["d", "w5", "b5"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "edged_rgbcnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, RGBCNN_SIDE, RGBCNN_SIDE])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    _save_onnx(onnx, helper, graph, path)
+
+
 def _save_onnx(onnx, helper, graph, path: Path) -> None:  # type: ignore[no-untyped-def]
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edged-models-build")
     m.ir_version = 8  # readable by onnxruntime >= 1.14 (Pi / Jetson wheels lag behind)
@@ -265,17 +372,18 @@ def build(name: str, out_dir: Path) -> Dict[str, Any]:
         tf.config.experimental.enable_op_determinism()
     except Exception:  # older TF
         pass
-    d = mlp_data() if name == "mlp" else cnn_data()
-    model, prep = train_mlp(d) if name == "mlp" else train_cnn(d)
+    d = {"mlp": mlp_data, "cnn": cnn_data, "rgbcnn": rgbcnn_data}[name]()
+    model, prep = {"mlp": train_mlp, "cnn": train_cnn, "rgbcnn": train_rgbcnn}[name](d)
     out_dir.mkdir(parents=True, exist_ok=True)
+    x_stored = d["x_va"]  # rgbcnn: uint8 pixels, the float32 the model takes is the same numbers
     x_va = np.ascontiguousarray(d["x_va"], dtype=np.float32)
     y_va = np.asarray(d["y_va"], dtype=np.int64)
     n_classes = len(d["labels"])
 
     tfl, onx, val = out_dir / "model.tflite", out_dir / "model.onnx", out_dir / "validation.npz"
     export_tflite(model, tfl)
-    (export_onnx_mlp if name == "mlp" else export_onnx_cnn)(model, onx)
-    np.savez_compressed(val, x=x_va, y=y_va)
+    {"mlp": export_onnx_mlp, "cnn": export_onnx_cnn, "rgbcnn": export_onnx_rgbcnn}[name](model, onx)
+    np.savez_compressed(val, x=x_stored if name == "rgbcnn" else x_va, y=y_va)
 
     keras_p = model.predict(x_va, verbose=0)
     onnx_in = x_va if name == "mlp" else np.ascontiguousarray(x_va.transpose(0, 3, 1, 2))
@@ -294,6 +402,10 @@ def build(name: str, out_dir: Path) -> Dict[str, Any]:
         "description": (
             "MLP for 1-D signals: Dense(32, relu) -> Dense(2, softmax); breast-cancer features"
             if name == "mlp" else
+            "CNN for 64x64 RGB images whose early layers shrink the tensor (partitioning pays): "
+            "Conv2D(8, stride 2)->MaxPool->Conv2D(16)->MaxPool->Conv2D(32)->MaxPool->Flatten->Dense(64, relu)"
+            "->Dense(10, softmax); input raw 0..255 pixels"
+            if name == "rgbcnn" else
             "CNN for 8x8 grey images: Conv2D(16)->Conv2D(32)->MaxPool->Flatten->Dense(128, relu)->Dense(10, softmax)"
         ),
         "task": "classification",
@@ -442,12 +554,12 @@ def build_cnn_int8(out_dir: Path, src_dir: Path) -> Dict[str, Any]:
 def main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="*", metavar="MODEL",
-                    help="mlp, cnn and/or cnn_int8 (default: all three; cnn_int8 is made from models/cnn)")
+                    help="mlp, cnn, cnn_int8 and/or rgbcnn (default: all four; cnn_int8 is made from models/cnn)")
     ap.add_argument("--out", type=Path, default=HERE, help="output root (default: models/)")
     args = ap.parse_args(argv)
-    for name in args.models or ["mlp", "cnn", "cnn_int8"]:
-        if name not in ("mlp", "cnn", "cnn_int8"):
-            ap.error(f"unknown model {name!r}: expected mlp, cnn or cnn_int8")
+    for name in args.models or ["mlp", "cnn", "cnn_int8", "rgbcnn"]:
+        if name not in ("mlp", "cnn", "cnn_int8", "rgbcnn"):
+            ap.error(f"unknown model {name!r}: expected mlp, cnn, cnn_int8 or rgbcnn")
         print(f"building {name} ...", file=sys.stderr, flush=True)
         if name == "cnn_int8":
             m = build_cnn_int8(args.out / name, args.out / "cnn")
