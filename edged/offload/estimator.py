@@ -15,6 +15,34 @@ is learnable even when every real input is small) keep it fresh while all
 inputs run locally. Asymmetric links are modelled as symmetric (a round trip
 cannot separate the two directions).
 
+What this edge has in flight (issue 14). The dispatcher announces each offload
+with :meth:`LinkEstimator.on_send` and ends it with :meth:`observe_round_trip`
+(``key=``) or :meth:`on_fail`. From that the estimator keeps two timelines:
+
+* the **uplink**: this edge's bytes queue behind each other at the learned
+  bandwidth, so T_L of a new input is ``latency + (bytes ahead + its bytes) /
+  bandwidth`` (:meth:`t_l_in_us`). A reply's transfer is fitted with the bytes
+  that were ahead of it, so a burst teaches the bandwidth instead of a bogus
+  latency;
+* the **fog**: this edge's requests queue on the fog at its T_F, so the fog
+  queue a new input meets is this edge's own work ahead of it (exact, re-anchored
+  on each reply) plus the *foreign* queue the fog last reported, net of this
+  edge's own share, drained at one µs per µs since the report
+  (:meth:`fog_queue_at_us`). A report is never a median of old reports: an idle
+  fog is seen idle as soon as its queue has drained.
+
+**Collapse** (bandwidth or a stall): when the oldest request in flight is overdue
+(older than ``overdue_ratio`` × its expected round trip + ``overdue_margin_us``),
+the link is at least as slow as that request shows: the µs per byte it implies
+apply to every byte still unacknowledged, and T_L is at least latency + the
+time it is overdue. A timeout leaves the same bound until the next reply. So a
+collapse shows within one round trip, before any reply arrives.
+
+**Dispersion**: an EWMA of the absolute deviation (like TCP's RTTVAR) of the
+round-trip transfer around the fit (:meth:`transfer_dev_us`) and of each
+model's T_F around its estimate (:meth:`t_f_dev_us`); the policy's risk term
+uses them.
+
 All times are µs, sizes bytes, ages seconds.
 """
 
@@ -22,8 +50,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -37,6 +66,44 @@ def _quantile(values: List[float], q: float) -> float:
     return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
 
 
+@dataclass
+class _Flight:
+    """One offload this edge has in flight (times: monotonic seconds; sizes: bytes; durations: µs)."""
+
+    t_sent: float
+    bytes_out: int
+    bytes_in: int
+    model: Optional[str]
+    bytes_ahead: float  # this edge's bytes queued on the uplink before it, at send time
+    arrive_at: float  # expected arrival at the fog
+    t_f_us: float  # expected fog execution time
+    expected_rtt_us: float  # expected round trip (send → reply), at send time
+    fog_done_at: float = 0.0  # expected end of its fog execution (re-simulated on every reply)
+
+
+@dataclass(frozen=True)
+class LinkEstimates:
+    """A consistent, immutable view of the sample-derived estimates (µs, bytes/s).
+
+    Recomputed only when a sample arrived since the previous call (``version`` changes); the
+    time-dependent parts (the edge's own queues, a collapse, the ageing of a fog report) are
+    not in here: :meth:`LinkEstimator.t_l_in_us` and :meth:`LinkEstimator.fog_queue_at_us` add them.
+    """
+
+    version: int
+    latency_us: Optional[float]
+    us_per_byte: Optional[float]
+    transfer_dev_us: float
+    t_f_us: Mapping[str, float] = field(default_factory=dict)
+    t_f_dev_us: Mapping[str, float] = field(default_factory=dict)
+
+    def t_l_us(self, nbytes: int) -> Optional[float]:
+        """One-way transfer time of ``nbytes`` on an idle link (µs), or ``None`` if unknown."""
+        if self.latency_us is None or self.us_per_byte is None:
+            return None
+        return self.latency_us + self.us_per_byte * nbytes
+
+
 class LinkEstimator:
     """Learns T_L(bytes), T_F per model and the fog queue wait from fog round trips.
 
@@ -46,17 +113,23 @@ class LinkEstimator:
         stale_after_s: :meth:`is_stale` turns true when no link observation is newer than this.
         t_f_quantile: quantile of recent fog-reported T_F used as the estimate (0.5 = median).
         t_f_window: fog reports kept per model for T_F (short: the fog's load changes).
-        queue_max_age_s: fog queue reports older than this are ignored (queue assumed empty).
+        queue_max_age_s: a fog queue report older than this is ignored (it has drained long before anyway).
         change_window: this many consecutive observations all far off the fit mean the link changed:
             the older observations are dropped (0 disables).
         change_ratio: "far off" = more than this factor above or below the fit (and 500 µs).
+        dev_alpha: weight of a new sample in the EWMA absolute deviations (TCP's RTTVAR uses 1/4).
+        overdue_ratio / overdue_margin_us: a request in flight older than ``ratio × expected round trip +
+            margin`` is overdue: the link (or the fog) is slower than estimated.
+        fog_workers: the fog's worker count until a ping reports it (its queue drains that many times faster).
         clock: monotonic clock in seconds (injectable for tests).
     """
 
     def __init__(self, window: int = 64, max_age_s: float = 60.0, stale_after_s: float = 1.0,
                  t_f_quantile: float = 0.5, queue_max_age_s: float = 2.0, change_window: int = 3,
                  t_f_window: int = 16,
-                 change_ratio: float = 1.5, clock: Callable[[], float] = time.monotonic) -> None:
+                 change_ratio: float = 1.5, clock: Callable[[], float] = time.monotonic,
+                 dev_alpha: float = 0.25, overdue_ratio: float = 1.5, overdue_margin_us: float = 2000.0,
+                 fog_workers: int = 1) -> None:
         self.change_window = change_window
         self.t_f_window = t_f_window
         self.change_ratio = change_ratio
@@ -66,41 +139,127 @@ class LinkEstimator:
         self.stale_after_s = stale_after_s
         self.t_f_quantile = t_f_quantile
         self.queue_max_age_s = queue_max_age_s
+        self.dev_alpha = dev_alpha
+        self.overdue_ratio = overdue_ratio
+        self.overdue_margin_us = overdue_margin_us
+        self.fog_workers = max(1, int(fog_workers))
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._link: Deque[Tuple[float, float, float]] = deque(maxlen=window)  # (t, bytes, transfer_us)
         self._t_f: Dict[str, Deque[Tuple[float, float]]] = {}
         self._t_f_real_at: Dict[str, float] = {}  # model -> time of the last real (non-ping) T_F
-        self._queue: Deque[Tuple[float, float]] = deque(maxlen=16)
         self._fit: Optional[Tuple[float, float]] = None  # (round-trip intercept µs, µs per byte)
         self._dirty = True
         self.observations = 0
+        # dispersions (EWMA of absolute deviations, µs)
+        self._transfer_dev = 0.0
+        self._t_f_dev: Dict[str, float] = {}
+        # cached snapshot of the sample-derived estimates
+        self._version = 0
+        self._cached: Optional[LinkEstimates] = None
+        self._t_f_cache: Dict[str, Optional[float]] = {}
+        # this edge's own work in flight
+        self._flights: OrderedDict[Hashable, _Flight] = OrderedDict()
+        self._unacked_bytes = 0
+        self._link_free_at = 0.0  # when the uplink has sent every byte this edge queued (s)
+        self._own_fog_free_at = 0.0  # when the fog has run this edge's work, per worker (s)
+        self._fog_report: Optional[Tuple[float, float]] = None  # (report time s, foreign queue µs)
+        self._floor_us_per_byte = 0.0  # a timeout's lower bound on µs/byte, until the next reply
+        self.collapses = 0  # times an overdue request (or a timeout) raised the link estimate
+        self._overdue_key: Optional[Hashable] = None  # the request seen overdue (one collapse counted)
 
     # ---- feeding -------------------------------------------------------------------------------
+    def on_send(self, key: Hashable, bytes_out: int, model: Optional[str] = None, bytes_in: int = 300) -> None:
+        """This edge sent an offload: ``bytes_out`` request bytes (header included), a reply of about
+        ``bytes_in`` expected. End it with :meth:`observe_round_trip` (``key=key``) or :meth:`on_fail`."""
+        now = self._clock()
+        with self._lock:
+            if key in self._flights:
+                self._drop_flight(key)
+            est = self._estimates_locked(now)
+            lat = est.latency_us or 0.0
+            upb = self._us_per_byte_now(now, est)
+            backlog_us = self._link_backlog_us(now, est, upb)
+            start = now + backlog_us / 1e6
+            self._link_free_at = start + bytes_out * upb / 1e6
+            arrive = self._link_free_at + lat / 1e6
+            t_f = self._t_f_locked(model) if model is not None else None
+            t_f = t_f if t_f is not None else 0.0
+            fog_start = max(arrive, self._own_fog_free_at, arrive + self._foreign_queue_us(arrive) / 1e6)
+            self._own_fog_free_at = fog_start + t_f / 1e6 / self.fog_workers
+            done = fog_start + t_f / 1e6
+            rtt = (done - now) * 1e6 + lat + bytes_in * upb
+            ahead = backlog_us / upb if upb > 0 else 0.0
+            self._flights[key] = _Flight(now, int(bytes_out), int(bytes_in), model, ahead, arrive, t_f, rtt, done)
+            self._unacked_bytes += int(bytes_out)
+
+    def on_fail(self, key: Hashable, timed_out: bool = False) -> None:
+        """The offload ``key`` ended without a reply. A timeout is evidence: until the next reply the
+        link counts at least as slow as that request showed (its bytes did not make it in the time)."""
+        now = self._clock()
+        with self._lock:
+            f = self._flights.get(key)
+            if f is None:
+                return
+            if timed_out:
+                est = self._estimates_locked(now)
+                bound = self._upb_bound(f, now, est)
+                if bound > self._floor_us_per_byte:
+                    self._floor_us_per_byte = bound
+                    self.collapses += 1
+            self._drop_flight(key)
+
+    def _drop_flight(self, key: Hashable) -> None:
+        f = self._flights.pop(key)
+        if key == self._overdue_key:
+            self._overdue_key = None
+        self._unacked_bytes = max(0, self._unacked_bytes - f.bytes_out)
+        if not self._flights:
+            self._unacked_bytes = 0
+
     def observe_round_trip(self, bytes_out: int, bytes_in: int, rtt_us: float, t_f_us: float = 0.0,
-                           queue_us: float = 0.0, model: Optional[str] = None) -> None:
+                           queue_us: float = 0.0, model: Optional[str] = None, key: Optional[Hashable] = None,
+                           fog_queue_est_us: Optional[float] = None) -> None:
         """Record one completed round trip (request ``bytes_out`` + reply ``bytes_in``, bytes).
 
         ``t_f_us`` and ``queue_us`` are what the fog reported; the rest of ``rtt_us`` is transfer.
-        A ``model`` name also records ``t_f_us`` as a T_F observation for that model.
+        A ``model`` name also records ``t_f_us`` as a T_F observation for that model. ``key`` ends the
+        flight announced by :meth:`on_send`: the bytes that were ahead of it count in the fit, and the
+        edge's own fog timeline is re-anchored at its real end. ``fog_queue_est_us`` is the fog's
+        queue estimate sent with the reply (work ahead of a new request, µs), if the fog sends one.
         """
         now = self._clock()
         transfer = max(0.0, rtt_us - t_f_us - queue_us)
         with self._lock:
-            self._link.append((now, float(bytes_out + bytes_in), transfer))
-            self._queue.append((now, max(0.0, queue_us)))
+            f = self._flights.get(key) if key is not None else None
+            ahead = f.bytes_ahead if f is not None else 0.0
+            x = float(bytes_out + bytes_in) + ahead
+            if self._fit is not None and len(self._link) >= 3:  # a fit from fewer points is no baseline yet
+                pred = self._fit[0] + self._fit[1] * x
+                self._transfer_dev += self.dev_alpha * (abs(transfer - pred) - self._transfer_dev)
+            self._link.append((now, x, transfer))
             self._dirty = True
             self._fit_line()  # eagerly, so a slope learned from varied sizes survives a window of one size
             self._detect_change()
             self.observations += 1
+            self._floor_us_per_byte = 0.0  # a reply: the fit knows the link again
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
                 self._t_f_real_at[model] = now
+            self._bump()
+            if f is not None and key is not None:
+                self._drop_flight(key)
+                lat_out = (self._fit[0] / 2.0 + self._fit[1] * bytes_in) if self._fit else 0.0
+                self._reanchor(now - lat_out / 1e6, f.t_sent)
+            if fog_queue_est_us is not None:
+                t_rep = now - ((self._fit[0] / 2.0) if self._fit else 0.0) / 1e6
+                self._set_fog_report(t_rep, fog_queue_est_us)
 
     def observe_t_f(self, model: str, t_f_us: float) -> None:
         """Record a fog execution time for ``model`` (µs), e.g. the fog's own median from a ping."""
         with self._lock:
             self._add_t_f(model, t_f_us, self._clock())
+            self._bump()
 
     def observe_fog_report(self, model: str, t_f_us: float) -> None:
         """The fog's own recent median T_F for ``model`` (µs), as a ping reports it.
@@ -115,36 +274,130 @@ class LinkEstimator:
                 return
             self._t_f.pop(model, None)
             self._add_t_f(model, t_f_us, now)
+            self._bump()
 
-    def observe_fog_queue(self, queue_us: float) -> None:
-        """Record a fog queue wait (µs), e.g. the estimate a ping reply carries."""
+    def observe_fog_queue(self, queue_us: float, workers: Optional[int] = None, age_us: float = 0.0) -> None:
+        """The fog's queue estimate (µs of work ahead of a new request, e.g. a ping's ``queue_est_us``),
+        made ``age_us`` ago. It replaces the previous report: this edge's own share is subtracted and the
+        rest drains at one µs per µs from the report on. ``workers`` is the fog's worker count."""
         with self._lock:
-            self._queue.append((self._clock(), max(0.0, queue_us)))
+            if workers:
+                self.fog_workers = max(1, int(workers))
+            self._set_fog_report(self._clock() - age_us / 1e6, queue_us)
 
     def forget_link(self) -> None:
         """Drop every link and queue observation (T_F stays): call when the fog went down, so the
         link that comes back is learned from fresh probes, not from how it was before."""
         with self._lock:
             self._link.clear()
-            self._queue.clear()
             self._fit = None
             self._dirty = True
+            self._transfer_dev = 0.0
+            self._fog_report = None
+            self._floor_us_per_byte = 0.0
+            self._bump()
 
     def _add_t_f(self, model: str, t_f_us: float, now: float) -> None:
         dq = self._t_f.get(model)
         if dq is None:
             dq = self._t_f[model] = deque(maxlen=self.t_f_window)
+        elif dq:
+            cur = _quantile([v for _, v in dq], self.t_f_quantile)
+            dev = self._t_f_dev.get(model, 0.0)
+            self._t_f_dev[model] = dev + self.dev_alpha * (abs(float(t_f_us) - cur) - dev)
         dq.append((now, float(t_f_us)))
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._cached = None
+        self._t_f_cache.clear()
+
+    def _set_fog_report(self, t_report: float, queue_us: float) -> None:
+        own = self._own_backlog_at(t_report)
+        self._fog_report = (t_report, max(0.0, float(queue_us) - own))
+
+    # ---- the edge's own timelines -----------------------------------------------------------------
+    def _reanchor(self, fog_done_at: float, t_sent: float) -> None:
+        """A reply says this edge's request sent at ``t_sent`` left the fog at ``fog_done_at``: the
+        requests sent after it run after it; re-simulate them from there."""
+        free = fog_done_at
+        for f in self._flights.values():
+            if f.t_sent < t_sent:
+                continue  # sent earlier, still unanswered (several workers, or lost): leave it
+            start = max(f.arrive_at, free)
+            free = start + f.t_f_us / 1e6 / self.fog_workers
+            f.fog_done_at = start + f.t_f_us / 1e6
+        self._own_fog_free_at = free
+
+    def _own_backlog_at(self, t: float) -> float:
+        """This edge's fog work (µs per worker) that a request arriving at the fog at ``t`` waits behind:
+        the requests that arrived by then and are not done."""
+        free = -1e18
+        for f in self._flights.values():
+            if f.arrive_at > t:
+                break
+            free = max(f.arrive_at, free) + f.t_f_us / 1e6 / self.fog_workers
+        return max(0.0, (free - t) * 1e6)
+
+    def _foreign_queue_us(self, at: float) -> float:
+        if self._fog_report is None:
+            return 0.0
+        t_rep, q = self._fog_report
+        if at - t_rep > self.queue_max_age_s:
+            return 0.0
+        return max(0.0, q - max(0.0, at - t_rep) * 1e6)
+
+    def _upb_bound(self, f: _Flight, now: float, est: LinkEstimates) -> float:
+        """µs per byte at least, given that ``f`` has not come back after ``now - f.t_sent``."""
+        lat2 = 2.0 * (est.latency_us or 0.0)
+        transfer_at_least = (now - f.t_sent) * 1e6 - lat2 - f.t_f_us
+        return max(0.0, transfer_at_least) / max(1.0, f.bytes_ahead + f.bytes_out + f.bytes_in)
+
+    def _overdue(self, now: float) -> Tuple[float, Optional[_Flight]]:
+        """(µs the oldest request in flight is overdue, that request) or (0, None). Counts a new collapse
+        the first time a request is seen overdue."""
+        if not self._flights:
+            return 0.0, None
+        key, f = next(iter(self._flights.items()))
+        age_us = (now - f.t_sent) * 1e6
+        limit = self.overdue_ratio * f.expected_rtt_us + self.overdue_margin_us
+        if age_us <= limit:
+            return 0.0, None
+        if key != self._overdue_key:
+            if self._overdue_key is None:
+                self.collapses += 1
+            self._overdue_key = key
+        return age_us - f.expected_rtt_us, f
+
+    def _us_per_byte_now(self, now: float, est: LinkEstimates) -> float:
+        upb = max(est.us_per_byte or 0.0, self._floor_us_per_byte)
+        overdue, f = self._overdue(now)
+        if f is not None:
+            upb = max(upb, self._upb_bound(f, now, est))
+        return upb
+
+    def _link_backlog_us(self, now: float, est: LinkEstimates, upb: float) -> float:
+        """µs before a new input's first byte goes out: this edge's queued bytes; while a request is
+        overdue (or after a timeout), every unacknowledged byte at the collapsed rate."""
+        backlog = max(0.0, (self._link_free_at - now) * 1e6)
+        if upb > (est.us_per_byte or 0.0):
+            backlog = max(backlog, self._unacked_bytes * upb)
+        return backlog
 
     # ---- estimates -----------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
         cutoff = now - self.max_age_s
+        changed = False
         while self._link and self._link[0][0] < cutoff:
             self._link.popleft()
             self._dirty = True
+            changed = True
         for dq in self._t_f.values():
             while dq and dq[0][0] < cutoff:
                 dq.popleft()
+                changed = True
+        if changed:
+            self._bump()
 
     def _detect_change(self) -> None:
         """Forget the older window when the link changed (the last ``change_window`` observations are
@@ -191,45 +444,107 @@ class LinkEstimator:
         self._fit = (intercept, slope)
         return self._fit
 
-    def t_l_us(self, nbytes: int) -> Optional[float]:
-        """Expected one-way transfer time of a ``nbytes`` message (µs), or ``None`` if unknown."""
+    def _t_f_locked(self, model: str) -> Optional[float]:
+        if model in self._t_f_cache:
+            return self._t_f_cache[model]
+        dq = self._t_f.get(model)
+        v = _quantile([x for _, x in dq], self.t_f_quantile) if dq else None
+        self._t_f_cache[model] = v
+        return v
+
+    def _estimates_locked(self, now: float) -> LinkEstimates:
+        self._expire(now)
+        if self._cached is not None:
+            return self._cached
+        fit = self._fit_line()
+        models = [m for m, dq in self._t_f.items() if dq]
+        t_f = {m: v for m in models if (v := self._t_f_locked(m)) is not None}
+        self._cached = LinkEstimates(
+            version=self._version,
+            latency_us=None if fit is None else fit[0] / 2.0,
+            us_per_byte=None if fit is None else fit[1],
+            transfer_dev_us=self._transfer_dev,
+            t_f_us=t_f,
+            t_f_dev_us={m: self._t_f_dev.get(m, 0.0) for m in t_f})
+        return self._cached
+
+    def estimates(self) -> LinkEstimates:
+        """The sample-derived estimates as one frozen object, recomputed only after a new sample."""
         with self._lock:
-            self._expire(self._clock())
-            fit = self._fit_line()
-        if fit is None:
+            return self._estimates_locked(self._clock())
+
+    @property
+    def version(self) -> int:
+        """Changes whenever a sample (or expiry) changed the estimates."""
+        return self._version
+
+    def t_l_us(self, nbytes: int) -> Optional[float]:
+        """Expected one-way transfer time of a ``nbytes`` message on an idle link (µs), or ``None`` if unknown."""
+        return self.estimates().t_l_us(nbytes)
+
+    def t_l_in_us(self, nbytes: int) -> Optional[float]:
+        """Expected transfer time of a new ``nbytes`` request sent now (µs), or ``None`` if unknown:
+        :meth:`t_l_us` plus this edge's bytes queued ahead of it on the uplink; while a request is overdue
+        (or after a timeout) every unacknowledged byte at the rate it implies, and at least the overdue time."""
+        base = self.t_l_us(nbytes)
+        if base is None:
             return None
-        intercept, slope = fit
-        return intercept / 2.0 + slope * nbytes
+        now = self._clock()
+        with self._lock:
+            est = self._estimates_locked(now)
+            upb = self._us_per_byte_now(now, est)
+            backlog = self._link_backlog_us(now, est, upb)
+            overdue, _ = self._overdue(now)
+            extra_rate = nbytes * max(0.0, upb - (est.us_per_byte or 0.0))
+        return base + max(backlog + extra_rate, overdue)
 
     def t_f_us(self, model: str) -> Optional[float]:
         """Expected fog execution time of ``model`` (µs): a quantile of recent reports, or ``None``."""
-        with self._lock:
-            self._expire(self._clock())
-            dq = self._t_f.get(model)
-            if not dq:
-                return None
-            return _quantile([v for _, v in dq], self.t_f_quantile)
+        return self.estimates().t_f_us.get(model)
+
+    def t_f_dev_us(self, model: str) -> Optional[float]:
+        """Dispersion of the fog execution time of ``model`` (µs, EWMA of |T_F − estimate|), or ``None``."""
+        return self.estimates().t_f_dev_us.get(model)
+
+    def transfer_dev_us(self) -> Optional[float]:
+        """Dispersion of a round trip's transfer time (µs, EWMA of |transfer − fit|), ``None`` if no fit."""
+        est = self.estimates()
+        return None if est.latency_us is None else est.transfer_dev_us
 
     def fog_queue_us(self) -> float:
-        """Expected fog queue wait (µs): median of recent reports; 0 when none is recent."""
+        """Expected fog queue wait (µs) of a request arriving at the fog now (see :meth:`fog_queue_at_us`)."""
+        return self.fog_queue_at_us(0.0)
+
+    def fog_queue_at_us(self, arrival_in_us: Optional[float]) -> float:
+        """Expected fog queue wait (µs) of a request that reaches the fog ``arrival_in_us`` from now: the
+        foreign queue of the last fog report, drained since, plus this edge's own work ahead of it."""
+        now = self._clock()
+        at = now + max(0.0, arrival_in_us or 0.0) / 1e6
         with self._lock:
-            cutoff = self._clock() - self.queue_max_age_s
-            recent = [v for t, v in self._queue if t >= cutoff]
-        return _quantile(recent, 0.5) if recent else 0.0
+            own = max(0.0, (self._own_fog_free_at - at) * 1e6)
+            return self._foreign_queue_us(at) + own
+
+    def in_flight(self) -> Tuple[int, int]:
+        """(offloads in flight, their request bytes not yet acknowledged by a reply)."""
+        with self._lock:
+            return len(self._flights), self._unacked_bytes
+
+    def is_collapsed(self) -> bool:
+        """True while a request is overdue or a timeout's bound holds (the link counts slower than its fit)."""
+        now = self._clock()
+        with self._lock:
+            return self._overdue(now)[1] is not None or self._floor_us_per_byte > 0.0
 
     def latency_us(self) -> Optional[float]:
         """Learned one-way link latency (µs)."""
-        with self._lock:
-            fit = self._fit_line()
-        return None if fit is None else fit[0] / 2.0
+        return self.estimates().latency_us
 
     def bandwidth_bps(self) -> Optional[float]:
         """Learned bandwidth (bytes/s); ``None`` when unknown or too high to measure."""
-        with self._lock:
-            fit = self._fit_line()
-        if fit is None or fit[1] <= 0:
+        upb = self.estimates().us_per_byte
+        if upb is None or upb <= 0:
             return None
-        return 1e6 / fit[1]
+        return 1e6 / upb
 
     def age_s(self) -> Optional[float]:
         """Seconds since the newest link observation, or ``None`` if there is none."""
@@ -243,20 +558,24 @@ class LinkEstimator:
 
     def snapshot(self) -> Dict[str, Any]:
         """JSON-ready view of the current estimates."""
-        lat = self.latency_us()
+        est = self.estimates()
+        lat = est.latency_us
         bw = self.bandwidth_bps()
         age = self.age_s()
-        with self._lock:
-            models = list(self._t_f)
+        n, unacked = self.in_flight()
         return {
             "latency_us": None if lat is None else round(lat, 1),
             "bandwidth_Bps": None if bw is None else round(bw),
-            "t_l_1kB_us": _round(self.t_l_us(1024)),
-            "t_f_us": {m: _round(self.t_f_us(m)) for m in models},
+            "t_l_1kB_us": _round(est.t_l_us(1024)),
+            "transfer_dev_us": _round(self.transfer_dev_us()),
+            "t_f_us": {m: _round(v) for m, v in est.t_f_us.items()},
+            "t_f_dev_us": {m: _round(v) for m, v in est.t_f_dev_us.items()},
             "fog_queue_us": round(self.fog_queue_us(), 1),
+            "in_flight": n, "unacked_bytes": unacked, "collapsed": self.is_collapsed(),
             "age_s": None if age is None else round(age, 3),
             "observations": self.observations,
             "changes": self.changes,
+            "collapses": self.collapses,
         }
 
 
@@ -269,11 +588,11 @@ class LocalEstimator:
 
     Seeded from the profile (p50 or WCET); the seed is used until the first run is
     observed. With a short window a slowdown (thermal throttling) shows within a
-    few inputs.
+    few inputs. :meth:`dev_us` is the dispersion (for the policy's risk term).
     """
 
     def __init__(self, seeds: Optional[Mapping[str, float]] = None, window: int = 16,
-                 quantile: float = 0.5, prior_weight: int = 2) -> None:
+                 quantile: float = 0.5, prior_weight: int = 2, dev_alpha: float = 0.25) -> None:
         self.window = window
         self.prior_weight = prior_weight
         self.quantile = quantile
@@ -281,6 +600,8 @@ class LocalEstimator:
         self._seeds: Dict[str, float] = dict(seeds or {})
         self._runs: Dict[str, Deque[float]] = {}
         self._cached: Dict[str, float] = {}  # quantile per model, recomputed on observe (read per input)
+        self.dev_alpha = dev_alpha
+        self._dev: Dict[str, float] = {}  # EWMA of |run - estimate| per model (µs)
 
     def seed(self, model: str, exec_us: float) -> None:
         """Set the prior for ``model`` (µs) used until a run is observed."""
@@ -302,6 +623,10 @@ class LocalEstimator:
                 seed = self._seeds.get(model)
                 if seed is not None:
                     dq.extend([seed] * self.prior_weight)
+            cur = self._cached.get(model, self._seeds.get(model))
+            if cur is not None:
+                dev = self._dev.get(model, 0.0)
+                self._dev[model] = dev + self.dev_alpha * (abs(float(exec_us) - cur) - dev)
             dq.append(float(exec_us))
             self._cached[model] = _quantile(list(dq), self.quantile)
 
@@ -312,6 +637,11 @@ class LocalEstimator:
             return v
         with self._lock:
             return self._seeds.get(model)
+
+    def dev_us(self, model: str) -> Optional[float]:
+        """Dispersion of the local execution time of ``model`` (µs, EWMA of |run − estimate|; weight
+        ``dev_alpha``), or ``None`` before a run was observed against an estimate."""
+        return self._dev.get(model)
 
     def snapshot(self) -> Dict[str, Optional[float]]:
         with self._lock:
