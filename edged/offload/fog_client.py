@@ -36,7 +36,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import zmq
 
@@ -114,9 +114,14 @@ class FogBackend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, model: str, array: Any, model_hash: Optional[str],
-               timeout_s: float) -> Future[FogReply]:
+               timeout_s: float, cut: Optional[Tuple[str, str]] = None) -> Future[FogReply]:
         """Send one input for ``model``: an array (no batch dim; v1), or every input by name (a mapping of
-        arrays, state included; v2). The future resolves within ``timeout_s`` (s)."""
+        arrays, state included; v2). The future resolves within ``timeout_s`` (s).
+
+        With ``cut = (cut name, tail hash)`` (:class:`edged.partition.graph.Cut` ``.name``/``.tail_hash``),
+        ``array`` is the intermediate tensor of one sample at that cut (the head's output, batch axis
+        optional) and the fog runs the tail: the reply is its first output without the batch axis, as in v1.
+        A fog whose tail hash differs refuses it (:class:`FogRefused`)."""
 
     @abc.abstractmethod
     def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
@@ -148,7 +153,7 @@ class OipFogBackend(FogBackend):
                                   "use the ZeroMQ back end (edged fog)")
 
     def submit(self, model: str, array: Any, model_hash: Optional[str],
-               timeout_s: float) -> Future[FogReply]:
+               timeout_s: float, cut: Optional[Tuple[str, str]] = None) -> Future[FogReply]:
         raise NotImplementedError
 
     def ping(self, timeout_s: float = 1.0, pad_bytes: int = 0) -> PingReply:
@@ -316,12 +321,18 @@ class ZmqFogBackend(FogBackend):
 
     # ---- caller side -----------------------------------------------------------------------------
     def submit(self, model: str, array: Any, model_hash: Optional[str],
-               timeout_s: float) -> Future[FogReply]:
+               timeout_s: float, cut: Optional[Tuple[str, str]] = None) -> Future[FogReply]:
         rid = self._prefix + str(next(self._ids))
-        header = {"v": PROTOCOL_VERSION, "id": rid, "kind": "infer", "model": model, "model_hash": model_hash,
-                  "sent_ts": round(time.time(), 6)}
+        header: Dict[str, Any] = {"v": PROTOCOL_VERSION, "id": rid, "kind": "infer", "model": model,
+                                  "model_hash": model_hash, "sent_ts": round(time.time(), 6)}
         try:
-            if isinstance(array, Mapping):  # v2: every input by name, one frame each
+            if cut is not None:  # an intermediate tensor: one array, the cut named and its tail hash
+                if isinstance(array, Mapping):
+                    raise ValueError("a cut request carries one intermediate tensor, not a mapping of inputs")
+                name, tail_hash = cut
+                header["cut"] = {"name": str(name), "hash": str(tail_hash)}
+                frames = array_to_frames(header, array)
+            elif isinstance(array, Mapping):  # v2: every input by name, one frame each
                 frames = tensors_to_frames(dict(header, v=2), array)
             else:
                 frames = array_to_frames(header, array)

@@ -7,7 +7,12 @@ come back to the I/O thread over an inproc PUSH/PULL pair, because a ZeroMQ sock
 must only be used by the thread that owns it.
 
 A request whose ``model_hash`` differs from the fog's copy of the model is
-``refused`` with both hashes in the message; a full queue answers ``error`` ("fog
+``refused`` with both hashes in the message; a request carrying ``cut``
+(``{"name", "hash"}``: an intermediate tensor of a partitioned model, see
+:mod:`edged.partition`) runs the tail of that cut, built from the fog's own
+``model.onnx`` and verified against the full model on first use (or at start with
+``--cuts``), and is ``refused`` when the edge's tail hash differs from the fog's;
+ping replies list each model's cuts with their tail time (``models[m]["cuts"]``); a full queue answers ``error`` ("fog
 queue full") at once instead of queueing forever; messages above
 ``max_msg_bytes`` make ZeroMQ drop the sender's connection (``ZMQ_MAXMSGSIZE``).
 """
@@ -69,13 +74,15 @@ class FogServer:
         curve_authorized_dir: directory of authorised client public certificates (required with CURVE).
         models: restrict to these model names (default: every catalogue model).
         warmup_runs: inferences on a zero input per model and worker at start (seeds T_F).
+        cuts: build, verify and time the tail of every usable cut of every ONNX model at start (else on the
+            first request for a cut); needs ``onnx`` (``pip install 'edged[partition]'``).
     """
 
     def __init__(self, bind: str = DEFAULT_BIND, models_dirs: Optional[Sequence[str]] = None,
                  backend: str = "auto", threads: int = 1, workers: int = 1, max_queue: int = 64,
                  max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES, curve_secret_key: Optional[str] = None,
                  curve_authorized_dir: Optional[str] = None, models: Optional[Sequence[str]] = None,
-                 warmup_runs: int = 2, context: Optional[zmq.Context] = None) -> None:
+                 warmup_runs: int = 2, context: Optional[zmq.Context] = None, cuts: bool = False) -> None:
         if workers < 1 or threads < 1 or max_queue < 1:
             raise ConfigError("fog: --workers, --threads and --max-queue must be >= 1")
         if bool(curve_secret_key) != bool(curve_authorized_dir):
@@ -91,6 +98,10 @@ class FogServer:
         self.curve_authorized_dir = curve_authorized_dir
         self.only_models = list(models) if models else None
         self.warmup_runs = warmup_runs
+        self.preload_cuts = cuts
+        self._t_tail: Dict[Tuple[str, str], Deque[float]] = {}  # (model, cut) -> recent tail times (µs)
+        self._cut_hashes: Dict[Tuple[str, str], str] = {}
+        self._parts: List[Dict[str, Any]] = []
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._stop = threading.Event()
@@ -127,11 +138,18 @@ class FogServer:
                 loaded[name] = cat.load(name, backend=self.backend, threads=self.threads)
                 self._warmup(name, loaded[name])
             instances.append(loaded)
+            parts: Dict[str, Any] = {}
+            if self.preload_cuts:
+                for name in names:
+                    with contextlib.suppress(EdgedError):  # a model that cannot be partitioned is served whole
+                        self._partition(parts, loaded[name])
+            self._parts.append(parts)
         self._results = self._ctx.socket(zmq.PULL)
         self._results.bind(self._results_ep)
         self._router = self._make_router()
         for i, loaded in enumerate(instances):
-            t = threading.Thread(target=self._worker, args=(loaded,), name=f"fog-worker-{i}", daemon=True)
+            t = threading.Thread(target=self._worker, args=(loaded, self._parts[i]), name=f"fog-worker-{i}",
+                                 daemon=True)
             t.start()
             self._workers.append(t)
         return self.endpoint
@@ -307,9 +325,11 @@ class FogServer:
         t_f = self._t_f_medians()
         depth = self._jobs.qsize()
         mean_t_f = statistics.mean(t_f.values()) if t_f else 0.0
+        cuts = self._cut_report()
         extra = {
             "kind": "ping",
-            "models": {m: {"model_hash": h, "t_f_us": t_f.get(m)} for m, h in self._hashes.items()},
+            "models": {m: {"model_hash": h, "t_f_us": t_f.get(m), **({"cuts": cuts[m]} if m in cuts else {})}
+                       for m, h in self._hashes.items()},
             "queue_depth": depth,
             "workers": self.n_workers,
             "queue_est_us": round(depth * mean_t_f / self.n_workers, 1),
@@ -338,7 +358,7 @@ class FogServer:
             self._router.send_multipart(frames)
 
     # ---- workers -------------------------------------------------------------------------------
-    def _worker(self, models: Dict[str, Any]) -> None:
+    def _worker(self, models: Dict[str, Any], parts: Optional[Dict[str, Any]] = None) -> None:
         push = self._ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(self._results_ep)
@@ -353,7 +373,7 @@ class FogServer:
                     continue
                 if job is None:
                     break
-                push.send_multipart(self._run(models, job))
+                push.send_multipart(self._run(models, job, parts))
         finally:
             for m in models.values():
                 try:
@@ -362,9 +382,11 @@ class FogServer:
                     log.exception("closing a model failed")
             push.close()
 
-    def _run(self, models: Dict[str, Any], job: _Job) -> List[bytes]:
+    def _run(self, models: Dict[str, Any], job: _Job, parts: Optional[Dict[str, Any]] = None) -> List[bytes]:
         """Run one request. v1 (one array): the first output as ``[header, payload]``. v2 (``tensors``): every
-        input by name (state included: the fog keeps none) through ``run``; every output as tensors."""
+        input by name (state included: the fog keeps none) through ``run``; every output as tensors. With
+        ``cut``: the one array is the intermediate tensor of one sample; the tail's first output comes back
+        as in v1 (``parts`` caches this worker's partitioned models)."""
         ident, req, payloads, t_enq = job
         queue_us = (time.monotonic() - t_enq) * 1e6
         name = str(req.get("model"))
@@ -374,7 +396,15 @@ class FogServer:
         out: List[bytes] = [b""]
         try:
             model = models[name]
-            if "tensors" in req:
+            is_cut = req.get("cut") is not None
+            if is_cut:
+                refusal, out = self._run_cut(model, req, payloads, header, parts if parts is not None else {})
+                if refusal is not None:
+                    self.counts["refused"] += 1
+                    header.update(status="refused", error=refusal)
+                    return [ident, encode_header(header), b""]
+                t_f_us = header["t_f_us"]
+            elif "tensors" in req:
                 feeds = tensors_from_frames(req, payloads)
                 t0 = time.perf_counter()
                 outs = model.run(feeds)
@@ -391,7 +421,8 @@ class FogServer:
                 t_f_us = (time.perf_counter() - t0) * 1e6
                 header.update(dtype=str(y.dtype), shape=list(y.shape))
                 out = [y.tobytes()]
-            self._record_t_f(name, t_f_us)
+            if not is_cut:  # a tail's time is not the model's T_F (it is in the ping's cuts)
+                self._record_t_f(name, t_f_us)
             header["t_f_us"] = round(t_f_us, 1)
             self.counts["ok"] += 1
         except (ProtocolError, EdgedError, ValueError) as exc:
@@ -404,6 +435,72 @@ class FogServer:
         if header["status"] != "ok":
             out = [b""]
         return [ident, encode_header(header), *out]
+
+    # ---- partitioned models ---------------------------------------------------------------------
+    def _partition(self, parts: Dict[str, Any], model: Any) -> Any:
+        """This worker's :class:`~edged.partition.split.PartitionedModel` of ``model`` (built, verified and each
+        tail timed once on first use)."""
+        pm = parts.get(model.name)
+        if pm is None:
+            from edged.partition.split import PartitionedModel
+
+            pm = PartitionedModel(model.entry, threads=self.threads)
+            for c in pm.cuts:
+                if c.interior:
+                    x = np.zeros(tuple(d if d else 1 for d in c.shape), dtype=np.dtype(c.dtype))
+                    t0 = time.perf_counter()
+                    pm.tail(c.name, x)
+                    self._record_tail(model.name, c.name, (time.perf_counter() - t0) * 1e6, c.tail_hash)
+            parts[model.name] = pm
+        return pm
+
+    def _run_cut(self, model: Any, req: Dict[str, Any], payloads: List[bytes], header: Dict[str, Any],
+                 parts: Dict[str, Any]) -> Tuple[Optional[str], List[bytes]]:
+        """Run the tail of ``req["cut"]`` on its intermediate tensor; fill ``header``; return (None, payload
+        frames), or (the refusal message, []) when the cut is unknown here or its tail hash differs."""
+        from edged.partition.graph import PartitionError
+
+        spec = req.get("cut")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("hash"), str):
+            raise ProtocolError("'cut' must be an object {\"name\": cut name, \"hash\": tail sha256}")
+        cut_name, edge_hash = spec["name"], spec["hash"]
+        if len(payloads) != 1:
+            raise ProtocolError(f"a cut request carries one payload (the intermediate tensor), not {len(payloads)}")
+        pm = self._partition(parts, model)
+        try:
+            cut = pm.cut(cut_name)
+        except PartitionError as exc:
+            return f"model {model.name!r}: {exc}", []
+        if cut.tail_hash != edge_hash:
+            return (f"model {model.name!r} cut {cut_name!r}: tail hash mismatch: edge has {edge_hash or 'none'}, "
+                    f"fog has {cut.tail_hash}; deploy the same model on both"), []
+        x = array_from_payload(req, payloads[0])
+        t0 = time.perf_counter()
+        outs = pm.tail(cut_name, x)
+        t_us = (time.perf_counter() - t0) * 1e6
+        first = next(iter(outs.values()))
+        y = np.ascontiguousarray(first[0] if first.ndim and first.shape[0] == 1 else first)
+        self._record_tail(model.name, cut_name, t_us, cut.tail_hash)
+        header.update(dtype=str(y.dtype), shape=list(y.shape), cut=cut_name, t_f_us=t_us)
+        return None, [y.tobytes()]
+
+    def _record_tail(self, model: str, cut: str, t_us: float, tail_hash: str) -> None:
+        with self._t_f_lock:
+            dq = self._t_tail.get((model, cut))
+            if dq is None:
+                dq = self._t_tail[(model, cut)] = deque(maxlen=16)
+                self._cut_hashes[(model, cut)] = tail_hash
+            dq.append(t_us)
+
+    def _cut_report(self) -> Dict[str, Dict[str, Dict[str, Any]]]:
+        """model -> cut -> ``{"tail_hash", "t_tail_us"}`` (median of the recent tail runs) for every tail built."""
+        out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+        with self._t_f_lock:
+            for (m, c), dq in self._t_tail.items():
+                if dq:
+                    out.setdefault(m, {})[c] = {"tail_hash": self._cut_hashes[(m, c)],
+                                                "t_tail_us": round(statistics.median(dq), 1)}
+        return out
 
     def _record_t_f(self, model: str, t_f_us: float) -> None:
         with self._t_f_lock:
@@ -464,13 +561,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this node's CURVE secret certificate (from 'edged keys'); enables encryption")
     parser.add_argument("--curve-authorized-dir", metavar="DIR",
                         help="directory of client public certificates allowed to connect (with CURVE)")
+    parser.add_argument("--cuts", action="store_true",
+                        help="build, verify and time the tail of every partition cut of every ONNX model at start "
+                             "(default: on the first request for a cut); needs pip install 'edged[partition]'")
 
 
 def main(args: argparse.Namespace) -> int:
     server = FogServer(bind=args.bind, models_dirs=args.models_dir, backend=args.backend, threads=args.threads,
                        workers=args.workers, max_queue=args.max_queue, max_msg_bytes=args.max_msg_bytes,
                        curve_secret_key=args.curve_secret_key, curve_authorized_dir=args.curve_authorized_dir,
-                       models=args.model or None)
+                       models=args.model or None, cuts=bool(getattr(args, "cuts", False)))
     stop = threading.Event()
 
     def _on_signal() -> None:  # runs in edged.signals' watcher thread, never inside a signal handler
