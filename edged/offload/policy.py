@@ -25,17 +25,43 @@ Policies (``POLICIES``):
     device energy (objective ``energy``: ``p_active × local_exec`` against
     ``p_radio × (t_l_in + t_l_out) + p_idle × (fog_queue + t_f)``, falling back to
     latency when a power is unknown). Fog down → local.
+
+    **Risk** (``risk_k``, default 0 = the means): each path is compared at
+    ``mean + k × dispersion``: local adds ``k × local_dev``, offload adds
+    ``k × (t_l_dev + t_f_dev)`` (EWMA absolute deviations from the estimators),
+    so a jittery link stops attracting inputs whose gain is smaller than its
+    jitter. A deadline is checked against the tail, ``mean + max(k, 2) ×
+    dispersion``. :func:`parse_risk` reads the config form ``"mean+1dev"``.
+
+    **Joint** (``joint_local_us`` / ``joint_offload_us``): what running this
+    input locally / offloading it adds to the completion times of the other
+    inputs decided with it (:func:`decide_batch`); each path is compared with
+    its own cost added. Unset (``None``) for an input decided alone.
+
+``decide_batch(policy, inputs)``
+    decides the inputs that are waiting *together*: a list schedule over two
+    resources, the local worker and the link + fog, that minimises their total
+    (optionally makespan-weighted) risk-adjusted completion time. It returns,
+    per input, the numbers as the schedule saw them (local queue including the
+    batch's earlier local inputs, T_L including the batch's earlier offloads on
+    the uplink, fog queue including their fog work, and the joint costs) and
+    ``decide(policy, those numbers)``: each record replays alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+import re
+from dataclasses import dataclass, replace
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from edged.errors import ConfigError
 
 POLICIES: Tuple[str, ...] = ("local", "offload", "threshold", "adaptive")
 OBJECTIVES: Tuple[str, ...] = ("latency", "energy")
+#: a deadline is checked against mean + max(risk_k, DEADLINE_TAIL_K) x dispersion
+DEADLINE_TAIL_K = 2.0
+#: decide_batch plans at most this many inputs at once (the rest in further windows): cost is O(n^2)
+MAX_JOINT = 12
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,14 @@ class DecisionInputs:
         deadline_us: latency budget left for this input (µs), or ``None``.
         objective: ``"latency"`` or ``"energy"``.
         p_active_w / p_idle_w / p_radio_w: device power while computing, idle, transmitting (W).
+        local_dev_us: dispersion of the local execution time (µs), or ``None``.
+        t_l_dev_us: dispersion of the round trip's transfer time, both directions (µs), or ``None``.
+        t_f_dev_us: dispersion of the fog execution time (µs), or ``None``.
+        risk_k: each path is compared at mean + ``risk_k`` × its dispersion (0 = the means).
+        t_l_tx_us: the part of ``t_l_in_us`` this input holds the uplink for (its bytes / bandwidth), µs;
+            used by :func:`decide_batch` to queue the batch's offloads behind each other.
+        joint_local_us / joint_offload_us: what this input running locally / offloaded adds to the completion
+            time of the inputs decided with it (µs; :func:`decide_batch`), ``None`` when decided alone.
     """
 
     wcet_us: Optional[float] = None
@@ -69,6 +103,13 @@ class DecisionInputs:
     p_active_w: Optional[float] = None
     p_idle_w: Optional[float] = None
     p_radio_w: Optional[float] = None
+    local_dev_us: Optional[float] = None
+    t_l_dev_us: Optional[float] = None
+    t_f_dev_us: Optional[float] = None
+    risk_k: float = 0.0
+    t_l_tx_us: Optional[float] = None
+    joint_local_us: Optional[float] = None
+    joint_offload_us: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +123,9 @@ class Decision:
     expected_offload_us: Optional[float] = None
     expected_local_mj: Optional[float] = None
     expected_offload_mj: Optional[float] = None
+    #: what adaptive compared when a risk or joint term applies: mean + k·dev (+ joint cost), µs
+    compared_local_us: Optional[float] = None
+    compared_offload_us: Optional[float] = None
 
 
 def _us(x: Optional[float]) -> str:
@@ -93,6 +137,20 @@ def check_policy(name: str) -> str:
     if name not in POLICIES:
         raise ConfigError(f"unknown offload policy {name!r}; choose one of {', '.join(POLICIES)}")
     return name
+
+
+_RISK = re.compile(r"^mean(?:\s*\+\s*(\d+(?:\.\d+)?)\s*(?:x|\*)?\s*dev)?$")
+
+
+def parse_risk(text: str) -> float:
+    """The ``k`` of a risk setting: ``"mean"`` → 0, ``"mean+1dev"`` → 1, ``"mean+1.5dev"`` → 1.5.
+
+    Raises :class:`ConfigError` naming the bad value and the accepted forms."""
+    m = _RISK.match(str(text).strip().lower())
+    if m is None:
+        raise ConfigError(f"offload risk {text!r}: expected \"mean\" or \"mean+<k>dev\" with k >= 0, "
+                          "e.g. \"mean+1dev\"")
+    return float(m.group(1)) if m.group(1) else 0.0
 
 
 def decide(policy: str, inputs: DecisionInputs) -> Decision:
@@ -151,6 +209,14 @@ def _energies(i: DecisionInputs) -> Tuple[Optional[float], Optional[float]]:
     return local_mj, offload_mj
 
 
+def _dev_local(i: DecisionInputs) -> float:
+    return i.local_dev_us or 0.0
+
+
+def _dev_offload(i: DecisionInputs) -> float:
+    return (i.t_l_dev_us or 0.0) + (i.t_f_dev_us or 0.0)
+
+
 def _adaptive(i: DecisionInputs) -> Decision:
     exp_local = _expected_local(i)
     exp_off = _expected_offload(i)
@@ -163,28 +229,211 @@ def _adaptive(i: DecisionInputs) -> Decision:
         return Decision("offload", "no local estimate (no WCET, no runs yet)", threshold_us=exp_off,
                         expected_offload_us=exp_off)
     local_mj, off_mj = _energies(i) if i.objective == "energy" else (None, None)
+    k = max(0.0, i.risk_k)
+    risk_local = exp_local + k * _dev_local(i)
+    risk_off = exp_off + k * _dev_offload(i)
+    cmp_local = risk_local + (i.joint_local_us or 0.0)
+    cmp_off = risk_off + (i.joint_offload_us or 0.0)
+    plain = cmp_local == exp_local and cmp_off == exp_off
 
     def make(where: str, reason: str) -> Decision:
         return Decision(where, reason, threshold_us=exp_off, expected_local_us=exp_local,
-                        expected_offload_us=exp_off, expected_local_mj=local_mj, expected_offload_mj=off_mj)
+                        expected_offload_us=exp_off, expected_local_mj=local_mj, expected_offload_mj=off_mj,
+                        compared_local_us=None if plain else cmp_local,
+                        compared_offload_us=None if plain else cmp_off)
 
     if i.deadline_us is not None:
-        local_ok = exp_local <= i.deadline_us
-        off_ok = exp_off <= i.deadline_us
+        tail_k = max(k, DEADLINE_TAIL_K)
+        tail_local = exp_local + tail_k * _dev_local(i)
+        tail_off = exp_off + tail_k * _dev_offload(i)
+        local_ok = tail_local <= i.deadline_us
+        off_ok = tail_off <= i.deadline_us
         if off_ok and not local_ok:
-            return make("offload", f"deadline {_us(i.deadline_us)}: local {_us(exp_local)} misses, "
-                                   f"offload {_us(exp_off)} meets")
+            return make("offload", f"deadline {_us(i.deadline_us)}: local {_us(tail_local)} misses, "
+                                   f"offload {_us(tail_off)} meets")
         if local_ok and not off_ok:
-            return make("local", f"deadline {_us(i.deadline_us)}: offload {_us(exp_off)} misses, "
-                                 f"local {_us(exp_local)} meets")
+            return make("local", f"deadline {_us(i.deadline_us)}: offload {_us(tail_off)} misses, "
+                                 f"local {_us(tail_local)} meets")
     if local_mj is not None and off_mj is not None:
         if off_mj < local_mj:
             return make("offload", f"energy offload {off_mj:.3f}mJ < local {local_mj:.3f}mJ")
         return make("local", f"energy local {local_mj:.3f}mJ <= offload {off_mj:.3f}mJ")
     suffix = " (powers unknown: latency)" if i.objective == "energy" else ""
-    if exp_off < exp_local:
-        return make("offload", f"expected offload {_us(exp_off)} < local {_us(exp_local)}{suffix}")
-    return make("local", f"expected local {_us(exp_local)} <= offload {_us(exp_off)}{suffix}")
+    if plain:
+        if exp_off < exp_local:
+            return make("offload", f"expected offload {_us(exp_off)} < local {_us(exp_local)}{suffix}")
+        return make("local", f"expected local {_us(exp_local)} <= offload {_us(exp_off)}{suffix}")
+    detail = f" (mean {_us(exp_off)}/{_us(exp_local)}"
+    if k:
+        detail += f", +{k:g}dev {_us(k * _dev_offload(i))}/{_us(k * _dev_local(i))}"
+    if i.joint_local_us is not None or i.joint_offload_us is not None:
+        detail += f", on the others {_us(i.joint_offload_us or 0.0)}/{_us(i.joint_local_us or 0.0)}"
+    detail += ")"
+    if cmp_off < cmp_local:
+        return make("offload", f"offload {_us(cmp_off)} < local {_us(cmp_local)}{detail}{suffix}")
+    return make("local", f"local {_us(cmp_local)} <= offload {_us(cmp_off)}{detail}{suffix}")
+
+
+# ---- joint decisions for the inputs that wait together -------------------------------------------------
+@dataclass
+class _Plan:
+    """Per input of a batch: what the schedule saw (µs from now) for the chosen path."""
+
+    local_queue_us: float = 0.0
+    t_l_in_us: float = 0.0
+    fog_queue_us: float = 0.0
+    done_us: float = 0.0
+
+
+def _choices(i: DecisionInputs) -> Tuple[bool, bool]:
+    """(may run local, may offload) in a joint plan: what adaptive could choose at all."""
+    can_off = i.fog_up and _expected_offload(i) is not None
+    can_local = _expected_local(i) is not None or not can_off
+    return can_local, can_off
+
+
+def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: Tuple[float, float, float],
+              makespan_weight: float) -> Tuple[float, List[float], List[_Plan], Tuple[float, float, float]]:
+    """List-schedule ``batch`` in order on the local worker and on uplink → fog, each input where
+    ``offload`` says. ``start`` = (local worker free, uplink busy extra, fog free), µs from now.
+
+    Returns (objective, per-input risk-adjusted completion, per-input plan, end state). The objective is the
+    sum of the risk-adjusted completion times + ``makespan_weight`` × the latest completion.
+    """
+    local_free, link_extra, fog_free = start
+    total = 0.0
+    latest = 0.0
+    costs: List[float] = []
+    plans: List[_Plan] = []
+    for i, off in zip(batch, offload):
+        k = max(0.0, i.risk_k)
+        if off:
+            arrive = (i.t_l_in_us or 0.0) + link_extra
+            link_extra += i.t_l_tx_us or 0.0
+            busy_until = (i.t_l_in_us or 0.0) + (i.fog_queue_us or 0.0)  # the fog's queue as this input saw it
+            fog_start = max(arrive, busy_until, fog_free)
+            fog_free = fog_start + (i.t_f_us or 0.0)
+            done = fog_free + (i.t_l_out_us or 0.0)
+            cost = done + k * _dev_offload(i)
+            plans.append(_Plan(i.local_queue_us, arrive, fog_start - arrive, done))
+        else:
+            exec_us = i.local_exec_us if i.local_exec_us is not None else (i.wcet_us or 0.0)
+            begin = max(i.local_queue_us, local_free)
+            local_free = begin + exec_us
+            done = local_free
+            cost = done + k * _dev_local(i)
+            plans.append(_Plan(begin, i.t_l_in_us or 0.0, i.fog_queue_us or 0.0, done))
+        costs.append(cost)
+        total += cost
+        latest = max(latest, done)
+    return total + makespan_weight * latest, costs, plans, (local_free, link_extra, fog_free)
+
+
+def _plan_window(batch: Sequence[DecisionInputs], start: Tuple[float, float, float],
+                 makespan_weight: float) -> List[bool]:
+    """The offload choices of one window. Three starts: list scheduling (each input, in order, where it
+    completes first), everything local, everything offloaded (where allowed); from each, single changes
+    while one lowers the objective; the best local optimum wins (ties: the earlier start). Exact for two
+    inputs; the all-local start finds "send the heavy one, keep the small ones" that greedy misses."""
+    allowed = [_choices(i) for i in batch]
+    greedy: List[bool] = []
+    state = start
+    for i, (can_local, can_off) in zip(batch, allowed):
+        if can_local and can_off:
+            loc = _simulate([i], [False], state, 0.0)[0]
+            off = _simulate([i], [True], state, 0.0)[0]
+            choice = off < loc
+        else:
+            choice = can_off
+        greedy.append(choice)
+        state = _simulate([i], [choice], state, 0.0)[3]
+    starts = [greedy, [not can_local for can_local, _ in allowed], [can_off for _, can_off in allowed]]
+    best_assign: List[bool] = greedy
+    best_obj = float("inf")
+    for assign in starts:
+        obj = _simulate(batch, assign, start, makespan_weight)[0]
+        for _ in range(len(batch)):
+            improved = False
+            for n, (can_local, can_off) in enumerate(allowed):
+                if not (can_local and can_off):
+                    continue
+                trial = list(assign)
+                trial[n] = not trial[n]
+                t_obj = _simulate(batch, trial, start, makespan_weight)[0]
+                if t_obj < obj - 1e-6:
+                    assign, obj, improved = trial, t_obj, True
+            if not improved:
+                break
+        if obj < best_obj - 1e-6:
+            best_assign, best_obj = assign, obj
+    return best_assign
+
+
+def _r1(x: float) -> float:
+    return round(x, 1)
+
+
+def decide_batch(policy: str, inputs: Sequence[DecisionInputs],
+                 makespan_weight: float = 0.0) -> List[Tuple[DecisionInputs, Decision]]:
+    """Decide several waiting inputs together. Pure: same numbers, same decisions.
+
+    Each ``inputs[n]`` holds that input's numbers *before* the batch: ``local_queue_us`` the local backlog,
+    ``t_l_in_us`` its T_L if it were sent now (this edge's bytes already in flight included), ``t_l_tx_us`` its
+    own time on the uplink, ``fog_queue_us`` the fog queue it would meet. For ``adaptive`` (latency objective)
+    the batch is list-scheduled on two resources, the local worker and uplink → fog, in order, choosing for
+    each input local or offload so that the sum of the risk-adjusted completion times (+ ``makespan_weight`` ×
+    the latest) is minimal under single changes (windows of :data:`MAX_JOINT`).
+
+    Returns, per input, ``(numbers, decision)``: the numbers as the schedule saw them (rounded to 0.1 µs:
+    local queue after the batch's earlier local inputs, T_L after its earlier offloads, the fog queue behind
+    them, and ``joint_local_us``/``joint_offload_us``: what each path of this input costs the others), and
+    ``decision == decide(policy, numbers)``. Record the numbers: each decision replays alone. Other
+    policies, and the energy objective, decide each input alone; only the local queue grows with the batch's
+    local inputs (as the dispatcher did input by input).
+    """
+    check_policy(policy)
+    out: List[Tuple[DecisionInputs, Decision]] = []
+    if not inputs:
+        return out
+    joint = policy == "adaptive" and all(i.objective == "latency" for i in inputs) and len(inputs) > 1
+    if not joint:
+        extra = 0.0
+        for i in inputs:
+            seen = replace(i, local_queue_us=_r1(i.local_queue_us + extra)) if extra else i
+            d = decide(policy, seen)
+            if d.decision == "local":
+                exec_us = i.local_exec_us if i.local_exec_us is not None else i.wcet_us
+                extra += exec_us or 0.0
+            out.append((seen, d))
+        return out
+    state: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    for w0 in range(0, len(inputs), MAX_JOINT):
+        window = list(inputs[w0:w0 + MAX_JOINT])
+        assign = _plan_window(window, state, makespan_weight)
+        # decide each input from the numbers the plan gives it (earlier inputs as actually decided)
+        actual: List[bool] = []
+        for n, i in enumerate(window):
+            costs: List[float] = []
+            for choice in (False, True):
+                trial = actual + [choice] + assign[n + 1:]
+                obj, per, _, _ = _simulate(window, trial, state, makespan_weight)
+                costs.append(obj - per[n])  # what the others (and the makespan term) cost with this choice
+            floor = min(costs)
+            _, _, plans, _ = _simulate(window, actual + [True], state, makespan_weight)
+            off_plan = plans[n]
+            _, _, plans, _ = _simulate(window, actual + [False], state, makespan_weight)
+            loc_plan = plans[n]
+            seen = replace(
+                i, local_queue_us=_r1(loc_plan.local_queue_us),
+                t_l_in_us=None if i.t_l_in_us is None else _r1(off_plan.t_l_in_us),
+                fog_queue_us=_r1(off_plan.fog_queue_us) if i.fog_queue_us is not None or off_plan.fog_queue_us
+                else None,
+                joint_local_us=_r1(costs[0] - floor), joint_offload_us=_r1(costs[1] - floor))
+            d = decide(policy, seen)
+            actual.append(d.decision == "offload")
+            out.append((seen, d))
+        state = _simulate(window, actual, state, makespan_weight)[3]
+    return out
 
 
 def _opt(record: Mapping[str, Any], key: str) -> Optional[float]:
@@ -213,4 +462,16 @@ def inputs_from_record(record: Mapping[str, Any]) -> DecisionInputs:
         p_active_w=_opt(record, "p_active_w"),
         p_idle_w=_opt(record, "p_idle_w"),
         p_radio_w=_opt(record, "p_radio_w"),
+        local_dev_us=_opt(record, "local_dev_us"),
+        t_l_dev_us=_opt(record, "t_l_dev_us"),
+        t_f_dev_us=_opt(record, "t_f_dev_us"),
+        risk_k=float(record.get("risk_k") or 0.0),
+        t_l_tx_us=_opt(record, "t_l_tx_us"),
+        joint_local_us=_opt(record, "joint_local_us"),
+        joint_offload_us=_opt(record, "joint_offload_us"),
     )
+
+
+#: the record fields (beyond the original ones) that :func:`inputs_from_record` reads: write them when set
+RECORD_FIELDS_14: Tuple[str, ...] = ("local_dev_us", "t_l_dev_us", "t_f_dev_us", "risk_k", "t_l_tx_us",
+                                     "joint_local_us", "joint_offload_us")
