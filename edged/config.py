@@ -49,6 +49,10 @@ FRAMINGS = ("lines", "cobs")
 JOURNAL_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 POWER_KINDS = ("auto", "none", "ina219", "jtop", "hwmon")
+FOG_BACKENDS = ("zmq", "oip")
+OIP_PROTOCOLS = ("grpc", "rest")
+OIP_IDENTITIES = ("version", "name", "none")
+OIP_TENSORS = ("manifest", "artifact")
 
 
 def _choices(*values: str) -> Dict[str, Any]:
@@ -123,6 +127,21 @@ class FogConfig:
     probe_interval_s: float = field(default=0.5, metadata=_min(0.01))
     curve_server_public_key: str = ""  # path of the fog's public key file ("" = no encryption)
     curve_client_secret_key: str = ""  # path of this edge's .key_secret file
+    # ---- backend = "oip": an Open Inference Protocol server (Triton, KServe, MLServer); docs/scale-out.md
+    backend: str = field(default="zmq", metadata=_choices(*FOG_BACKENDS))
+    url: str = ""  # oip: grpc "HOST:PORT" (or grpc://, grpcs://), rest "http(s)://HOST:PORT"
+    protocol: str = field(default="grpc", metadata=_choices(*OIP_PROTOCOLS))
+    tls: bool = False  # gRPC over TLS (implied by grpcs:// and https://)
+    tls_ca_file: str = ""  # PEM roots that sign the server's certificate ("" = the system's)
+    tls_cert_file: str = ""  # PEM client certificate chain: mutual TLS (with tls_key_file)
+    tls_key_file: str = ""  # PEM client private key
+    tls_server_name: str = ""  # name to check in the server's certificate when it differs from the url's host
+    identity: str = field(default="version", metadata=_choices(*OIP_IDENTITIES))  # how the model hash travels
+    tensors: str = field(default="manifest", metadata=_choices(*OIP_TENSORS))  # names/layouts on the wire
+    canary: int = field(default=4, metadata=_min(0))  # validation inputs compared with local outputs at connect
+    canary_atol: float = field(default=1e-4, metadata=_min(0))
+    canary_rtol: float = field(default=1e-3, metadata=_min(0))
+    server_stats: bool = True  # T_F from the server's statistics extension (Triton) where it has one
 
 
 @dataclass(frozen=True)
@@ -517,9 +536,12 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
         if n in names[:i]:
             errs.add(f"sinks[{i}].name", n, "a name no other sink has (set name = \"...\" on each)")
     cfg = Config(path=path, sources=tuple(sources), sinks=tuple(sinks), **built)
-    why = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[1]
-    if why:
-        errs.add("fog.endpoint", cfg.fog.endpoint, why)
+    if cfg.fog.backend == "oip":
+        _check_oip(cfg.fog, errs)
+    else:
+        why = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[1]
+        if why:
+            errs.add("fog.endpoint", cfg.fog.endpoint, why)
     _check_conflicts(cfg, where, errs)
     if check_paths:
         _check_paths(cfg, errs)
@@ -600,7 +622,7 @@ def _check_conflicts(cfg: Config, where: List[int], errs: _Errors) -> None:
                     and serial_scheme(s.url) != "loop"):
                 errs.add(f"sources[{i}].url", s.url, f"a port no other source opens (sources[{k}] opens it)")
                 break
-    if not cfg.fog.enabled:
+    if not cfg.fog.enabled or cfg.fog.backend == "oip":
         return
     fog = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[0]
     if fog is None:
@@ -615,6 +637,30 @@ def _check_conflicts(cfg: Config, where: List[int], errs: _Errors) -> None:
         if same:
             errs.add("fog.endpoint", cfg.fog.endpoint,
                      f"the fog node's address, not this daemon's own source sources[{i}] ({s.endpoint!r})")
+
+
+def fog_address(fc: FogConfig) -> str:
+    """Where the fog is, as a person reads it: the ZeroMQ endpoint, or ``oip grpc HOST:PORT``."""
+    return f"oip {fc.protocol} {fc.url}" if fc.backend == "oip" else fc.endpoint
+
+
+def _check_oip(fc: FogConfig, errs: _Errors, key: str = "fog") -> None:
+    """An OIP fog: a url that fits the protocol, TLS files that come as a pair (the files' existence is
+    checked with the other paths)."""
+    if not fc.enabled:
+        return
+    from edged.offload.oip_target import parse_oip_url
+
+    why = parse_oip_url(fc.url, fc.protocol)[1]
+    if why:
+        errs.add(f"{key}.url", fc.url, why)
+    if bool(fc.tls_cert_file) != bool(fc.tls_key_file):
+        have, lack = ("tls_cert_file", "tls_key_file") if fc.tls_cert_file else ("tls_key_file", "tls_cert_file")
+        errs.add(f"{key}.{lack}", getattr(fc, lack),
+                 f"a PEM file too: mutual TLS needs both tls_cert_file and tls_key_file ({have} is set)")
+    if fc.protocol == "rest" and fc.tls_cert_file:
+        errs.add(f"{key}.tls_cert_file", fc.tls_cert_file, "no client certificate with protocol = \"rest\" "
+                 "(mutual TLS is for gRPC); leave it empty or use protocol = \"grpc\"")
 
 
 def _reaches(fog: ZmqEndpoint, src: ZmqEndpoint) -> bool:
@@ -642,7 +688,12 @@ def _check_paths(cfg: Config, errs: _Errors) -> None:
             errs.add(f"models.dirs[{i}]", d, f"an existing directory of <model>/manifest.json folders: {d} "
                                              f"{state}{rel}")
     fc = cfg.fog
-    if fc.enabled:
+    if fc.enabled and fc.backend == "oip":
+        for k in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            f = getattr(fc, k)
+            if f and not os.path.isfile(f):
+                errs.add(f"fog.{k}", f, "an existing PEM file: no such file")
+    elif fc.enabled:
         server = fc.curve_server_public_key
         if server and not (len(server) == 40 and not os.path.exists(server)) and not os.path.isfile(server):
             errs.add("fog.curve_server_public_key", server,
@@ -729,5 +780,5 @@ def main(args: argparse.Namespace) -> int:
         sinks = ", ".join(sc.name or sc.type for sc in cfg.sinks)
         print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; {len(cfg.sinks)} sink(s)"
               f"{': ' + sinks if sinks else ''}; policy {cfg.policy.default}; "
-              f"fog {'on ' + cfg.fog.endpoint if cfg.fog.enabled else 'off'}; power {cfg.power.source})")
+              f"fog {'on ' + fog_address(cfg.fog) if cfg.fog.enabled else 'off'}; power {cfg.power.source})")
     return 0
