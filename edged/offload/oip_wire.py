@@ -238,14 +238,14 @@ def _raw_bytes(a: np.ndarray) -> bytes:
 
 def _typed_contents(a: np.ndarray, datatype: str) -> bytes:
     """``InferTensorContents`` holding ``a`` in the typed list of ``datatype`` (KServe's way of answering)."""
+    if datatype == "FP16":
+        raise OipWireError("FP16 has no typed contents in OIP; it travels as raw contents only")
     num = _CONTENTS_FIELD[datatype]
     flat = np.ascontiguousarray(a).reshape(-1)
     if datatype == "FP32":
         payload = flat.astype("<f4").tobytes()
     elif datatype == "FP64":
         payload = flat.astype("<f8").tobytes()
-    elif datatype == "FP16":
-        raise OipWireError("FP16 has no typed contents in OIP; it travels as raw contents only")
     else:
         payload = b"".join(_varint(int(v)) for v in flat.tolist())
     return _len_field(num, payload)
