@@ -516,6 +516,15 @@ class Profile:
         v, scaled = estimate_wcet_us(self.p50_by_shape(model, backend, threads), key)
         return (v, scaled) if v is not None else (self.p50_us(model, backend, threads), False)
 
+    def cut_times(self, model: str, backend: str = "onnx", threads: int = 1) -> Dict[str, Dict[str, Any]]:
+        """Cut name -> that cut's row from ``edged profile --layers`` (``k``, ``bytes``, ``tail_hash``,
+        ``head_p50_us``, ``head_wcet_us``, ``tail_p50_us``, ...; µs); {} when the layers were not profiled."""
+        e = self.get(model, backend, threads)
+        rows = e.get("cuts") if e else None
+        if not isinstance(rows, list):
+            return {}
+        return {str(r["name"]): r for r in rows if isinstance(r, dict) and "name" in r}
+
     def is_current(self, model: str, backend: str, threads: int, model_hash: str, dynamic: bool = False) -> bool:
         """True if an entry exists and was measured on this exact model; with ``dynamic`` (pass
         ``entry.is_dynamic``) it must also hold per-shape numbers: an entry a dynamic model got before
@@ -653,6 +662,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show", action="store_true", help="print the stored profile of this device and exit")
     p.add_argument("--json", action="store_true", help="write the machine-readable result to stdout")
     p.add_argument("--no-store", action="store_true", help="measure and print, but do not update the stored profile")
+    p.add_argument("--layers", action="store_true",
+                   help="also time the head and tail of every partition cut of each ONNX model (needs "
+                        "pip install 'edged[partition]'); stored with the model's entry as 'cuts'")
+    p.add_argument("--predict", action="store_true",
+                   help="with --layers: fit the Neurosurgeon per-layer-type regression on this device and print "
+                        "predicted against measured per layer and per cut, with the error")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help="write this device's table (fingerprint, versions, per model x backend x threads: WCET, "
+                        "p50/p99, RSS, accuracy, F1, FLOPs, GFLOPS, energy) as JSON for 'edged compare'")
+    p.add_argument("--label", default=None, metavar="NAME",
+                   help="the device's name in the export (default: the host name)")
+    p.add_argument("--power", default="none", metavar="KIND",
+                   help="with --export: power source to measure energy per inference with (auto, ina219, jtop, "
+                        "hwmon; default none)")
 
 
 def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], threads: Sequence[int],
@@ -679,6 +702,19 @@ def run_profile(cat: Catalogue, models: Sequence[str], backends: Sequence[str], 
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.show and args.export is not None:
+        prof = load_profile(args.state_dir)
+        if prof is None:
+            raise EdgedError(f"no stored profile for this device in {state_dir(args.state_dir)} to export; "
+                             "run 'edged profile' first")
+        from edged.compare import write_export
+
+        cat = Catalogue.discover(args.models_dir)
+        flops = {e["model"]: cat.get(e["model"]).manifest.get("flops") for e in prof.entries.values()
+                 if e.get("model") in cat}
+        path = write_export(args.export, prof.fingerprint, list(prof.entries.values()), label=args.label, flops=flops)
+        print(f"edged profile: exported {len(prof.entries)} entries to {path}", file=sys.stderr)
+        return 0
     if args.show:
         prof = load_profile(args.state_dir)
         if prof is None:
@@ -691,6 +727,8 @@ def main(args: argparse.Namespace) -> int:
             print(describe_device(prof.fingerprint))
             print(format_table(list(prof.entries.values())))
         return 0
+    if args.predict and not args.layers:
+        raise EdgedError("--predict needs --layers (it compares the prediction with the measured layers)")
     if args.repeats < 1 or args.warmup < 0:
         raise EdgedError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup})")
     try:
@@ -713,6 +751,7 @@ def main(args: argparse.Namespace) -> int:
         raise EdgedError(f"--gap-ms must be >= 0 and --max-inputs >= 1 (got {args.gap_ms}, {args.max_inputs})")
     results = run_profile(cat, models, split_csv(args.backend), threads, args.repeats, args.warmup, progress,
                           args.gap_ms, args.max_inputs)
+    layer_text = add_layer_profiles(cat, results, args, progress) if args.layers else []
     fp = device_fingerprint()
     if not args.no_store:
         prof = store_results(results, args.state_dir, fp)
@@ -722,4 +761,91 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(describe_device(fp))
         print(format_table(results))
+        for text in layer_text:
+            print()
+            print(text)
+    if args.export is not None:
+        from edged.compare import write_export
+
+        energy = measure_energy(cat, results, args.power, progress) if args.power != "none" else {}
+        flops = {m: cat.get(m).manifest.get("flops") for m in models}
+        path = write_export(args.export, fp, results, label=args.label, flops=flops, energy_mj=energy)
+        progress(f"exported this device's table to {path}")
     return 0
+
+
+def add_layer_profiles(cat: Catalogue, results: List[Dict[str, Any]], args: argparse.Namespace,
+                       progress: Callable[[str], None]) -> List[str]:
+    """``--layers`` (and ``--predict``): per-cut head/tail times into each ONNX result (``cuts``, and
+    ``neurosurgeon`` with ``--predict``); returns the tables to print."""
+    from edged.partition import neurosurgeon as ns
+
+    texts: List[str] = []
+    models: Dict[int, Any] = {}
+    for r in results:
+        if r["backend"] != "onnx":
+            continue
+        lm = None
+        if args.predict:
+            if r["threads"] not in models:
+                progress(f"neurosurgeon: profiling the synthetic layer grid (threads {r['threads']}) and fitting")
+                models[r["threads"]] = ns.fit_on_device(threads=r["threads"])
+            lm = models[r["threads"]]
+        progress(f"{r['model']}/onnx/t{r['threads']}: timing the head and tail of every cut")
+        try:
+            extra = ns.profile_model_layers(cat.get(r["model"]), r["threads"], repeats=args.repeats,
+                                            warmup=args.warmup, max_inputs=args.max_inputs or 64,
+                                            latency_model=lm)
+        except EdgedError as exc:
+            r["cuts_error"] = str(exc)
+            progress(f"{r['model']}: no cuts: {exc}")
+            continue
+        r.update(extra)
+        pred = extra.get("neurosurgeon", {}).get("cuts")
+        texts.append(f"{r['model']} (onnx, {r['threads']} thread(s)): per-cut head (device) and tail times, us"
+                     + (" -- measured vs Neurosurgeon prediction" if pred else "") + "\n"
+                     + ns.format_cut_table(extra["cuts"], pred))
+        if pred:
+            texts.append(f"{r['model']}: per layer, measured (single-layer session minus "
+                         f"{lm.overhead_us if lm else 0:.1f} us run overhead) vs predicted\n"
+                         + ns.format_layer_table(extra["neurosurgeon"]["layers"]))
+    return texts
+
+
+def measure_energy(cat: Catalogue, results: Sequence[Dict[str, Any]], kind: str,
+                   progress: Callable[[str], None], seconds: float = 1.0) -> Dict[str, float]:
+    """``model/backend/threads`` -> mJ per inference: run each model back to back for ``seconds`` while
+    reading the power source every 50 ms; mean board power (W) x wall time / runs. The board's idle
+    power is included (what a battery pays). {} when the source reports no total power."""
+    from edged.power.base import make_power_source
+
+    src = make_power_source(kind)
+    src.open()
+    out: Dict[str, float] = {}
+    try:
+        for r in results:
+            entry = cat.get(r["model"])
+            with cat.load(r["model"], r["backend"], threads=int(r["threads"])) as m:
+                x, _ = entry.load_validation()
+                watts: List[float] = []
+                n = 0
+                t0 = time.monotonic()
+                next_read = t0
+                while time.monotonic() - t0 < seconds:
+                    m.predict(x[n % len(x)])
+                    n += 1
+                    if time.monotonic() >= next_read:
+                        w = src.read().total_w
+                        if w is not None:
+                            watts.append(float(w))
+                        next_read += 0.05
+                elapsed = time.monotonic() - t0
+            if watts and n:
+                out[entry_key(r["model"], r["backend"], int(r["threads"]))] = round(
+                    statistics.fmean(watts) * elapsed / n * 1e3, 6)
+            progress(f"{r['model']}/{r['backend']}/t{r['threads']}: energy "
+                     + (f"{out.get(entry_key(r['model'], r['backend'], int(r['threads'])))} mJ per inference"
+                        if watts else "not measured (no total power)"))
+    finally:
+        src.close()
+    return out

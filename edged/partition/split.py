@@ -124,6 +124,17 @@ class PartitionedModel:
         raise PartitionError(f"model {self.name!r} has no usable cut {name!r}"
                              + (f" ({why})" if why else "") + f"; usable: {', '.join(self.cut_names)}")
 
+    def sessions(self, cut: str) -> Dict[str, Any]:
+        """The raw onnxruntime sessions of ``cut``: ``{"head": (session, input name) or None, "tail": ...}``
+        (all-fog's tail and all-local's head are the full model; inputs in the file's layout)."""
+        c = self.cut(cut)
+        full = (self._full, self._file_in)
+        if c.name == ALL_FOG:
+            return {"head": None, "tail": full}
+        if c.name == ALL_LOCAL:
+            return {"head": full, "tail": None}
+        return {"head": (self._heads[c.name], self._file_in), "tail": (self._tails[c.name], c.tensor)}
+
     # ---- running -----------------------------------------------------------------------------------
     def to_file_layout(self, x: Any) -> np.ndarray:
         """A sample or batch in the manifest's canonical layout -> a batch in the file's layout and dtype."""
