@@ -10,7 +10,17 @@ forwards every connection to the target, applying per direction:
   corrupt it, so loss is emulated as what TCP makes of it: the chunk (and everything behind
   it) arrives ``retransmit_ms`` later (a retransmission timeout);
 * ``outage`` — every open connection is reset (RST) and new ones are accepted and reset
-  at once, so the client sees the peer vanish; ZeroMQ reconnects by itself once it ends.
+  at once, so the client sees the peer vanish; ZeroMQ reconnects by itself once it ends;
+* ``jitter_ms`` — each chunk's latency is ``latency_ms ± jitter_ms`` (uniform); TCP keeps the
+  order, so a late chunk holds back the ones behind it (head-of-line blocking, as on Wi-Fi);
+* ``stall_ms`` every ``stall_every_s`` — nothing is delivered during the last ``stall_ms`` of
+  each period (counted from when the setting was applied); what would arrive then arrives at
+  the end of the stall (a radio that stops, then flushes).
+
+``python -m tests.linkproxy --target-port P [settings JSON]`` runs one in its own process (so it
+can be pinned to another core than the edge it serves): it prints ``port N``, then reads
+commands from stdin, one JSON line each: ``{"configure": {...}}``, ``{"schedule": [[t_s, {...}],
+...]}``, ``{"quit": true}``.
 
 Settings change at run time (``configure``, ``outage``) or on a timeline (``schedule``);
 a change applies to chunks read after it.
@@ -40,6 +50,19 @@ class LinkSettings:
     loss: float = 0.0
     retransmit_ms: float = 200.0
     outage: bool = False
+    jitter_ms: float = 0.0
+    stall_ms: float = 0.0
+    stall_every_s: float = 0.0
+
+    def stalled_until(self, t: float, anchor: float) -> float:
+        """``t`` moved to the end of the stall it falls in (monotonic s), or ``t`` if none."""
+        if self.stall_ms <= 0 or self.stall_every_s <= 0 or t < anchor:
+            return t
+        period = self.stall_every_s
+        k, phase = divmod(t - anchor, period)
+        if phase >= period - self.stall_ms / 1000.0:
+            return anchor + (k + 1) * period
+        return t
 
 
 def _reset(sock: socket.socket) -> None:
@@ -93,9 +116,13 @@ class _Direction:
                 s = self.proxy.settings
                 start = max(now, self.tx_free_at)
                 self.tx_free_at = start + (len(data) / s.bandwidth_Bps if s.bandwidth_Bps else 0.0)
-                deliver = self.tx_free_at + s.latency_ms / 1000.0
+                latency = s.latency_ms
+                if s.jitter_ms > 0:
+                    latency = max(0.0, latency + self.proxy.rng.uniform(-s.jitter_ms, s.jitter_ms))
+                deliver = self.tx_free_at + latency / 1000.0
                 if s.loss > 0 and self.proxy.rng.random() < s.loss:
                     deliver += s.retransmit_ms / 1000.0
+                deliver = s.stalled_until(deliver, self.proxy.stall_anchor)
                 deliver = max(deliver, self.last_deliver)  # TCP delivers in order
                 self.last_deliver = deliver
                 self.chunks.append((deliver, data))
@@ -164,6 +191,7 @@ class LinkProxy:
                  seed: int = 0, **settings: Any) -> None:
         self.target = (target_host, target_port)
         self.settings = LinkSettings(**settings)
+        self.stall_anchor = time.monotonic()  # stall periods count from when the stall setting was applied
         self.rng = random.Random(seed)
         self._lock = threading.Lock()
         self._conns: List[_Connection] = []
@@ -188,6 +216,8 @@ class LinkProxy:
         outage = changes.get("outage")
         with self._lock:
             self.settings = replace(self.settings, **changes)
+            if "stall_ms" in changes or "stall_every_s" in changes:
+                self.stall_anchor = time.monotonic()
         if outage:
             self._reset_all()
         return self.settings
@@ -259,3 +289,37 @@ class LinkProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a proxy in this process, driven by JSON lines on stdin (see the module docstring)."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description="TCP proxy with an emulated link, driven by JSON lines on stdin")
+    ap.add_argument("--target-host", default="127.0.0.1")
+    ap.add_argument("--target-port", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("settings", nargs="?", default="{}", help="initial LinkSettings as JSON")
+    args = ap.parse_args(argv)
+    proxy = LinkProxy(0, args.target_host, args.target_port, seed=args.seed, **json.loads(args.settings))
+    print(f"port {proxy.port}", flush=True)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            if "configure" in cmd:
+                proxy.configure(**cmd["configure"])
+            if "schedule" in cmd:
+                proxy.schedule([(float(t), dict(c)) for t, c in cmd["schedule"]])
+            if cmd.get("quit"):
+                break
+    finally:
+        proxy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

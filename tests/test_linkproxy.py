@@ -143,3 +143,55 @@ def test_schedule_applies_settings_in_order(echo_server: Tuple[str, int]) -> Non
         assert proxy.settings.loss == 0.5
         got, rtt = _round_trip(proxy.port, b"z")
         assert got == b"z" and rtt >= 0.160
+
+
+@pytest.mark.timeout(20)
+def test_jitter_spreads_latency_around_its_mean(echo_server: Tuple[str, int]) -> None:
+    with LinkProxy(0, *echo_server, latency_ms=20, jitter_ms=15, seed=3) as proxy:
+        rtts = [_round_trip(proxy.port, b"j")[1] for _ in range(12)]
+    assert min(rtts) >= 0.010  # each way at least 20 - 15 ms
+    assert max(rtts) - min(rtts) >= 0.008  # not a constant delay
+
+
+def test_stall_windows_are_the_end_of_each_period() -> None:
+    from tests.linkproxy import LinkSettings
+
+    s = LinkSettings(stall_ms=300, stall_every_s=2.0)
+    assert s.stalled_until(100.5, 100.0) == 100.5
+    assert s.stalled_until(101.75, 100.0) == 102.0  # in [1.7, 2.0): held to the end of the stall
+    assert s.stalled_until(103.69, 100.0) == 103.69 and s.stalled_until(103.71, 100.0) == 104.0
+    assert LinkSettings().stalled_until(5.0, 0.0) == 5.0
+
+
+@pytest.mark.timeout(20)
+def test_a_stall_holds_delivery_until_it_ends(echo_server: Tuple[str, int]) -> None:
+    with LinkProxy(0, *echo_server, stall_ms=400, stall_every_s=0.5) as proxy:
+        time.sleep(0.15)  # now inside [0.1, 0.5): the stall
+        got, rtt = _round_trip(proxy.port, b"stalled")
+    assert got == b"stalled" and rtt >= 0.2
+
+
+@pytest.mark.timeout(20)
+def test_proxy_runs_in_its_own_process(echo_server: Tuple[str, int]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tests.linkproxy", "--target-port", str(echo_server[1]),
+                             json.dumps({"latency_ms": 30})], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        port = int(proc.stdout.readline().split()[1])
+        got, rtt = _round_trip(port, b"sub")
+        assert got == b"sub" and rtt >= 0.060
+        proc.stdin.write(json.dumps({"configure": {"latency_ms": 0}}) + "\n")
+        proc.stdin.flush()
+        time.sleep(0.2)
+        assert _round_trip(port, b"sub")[1] < 0.060
+        proc.stdin.write(json.dumps({"quit": True}) + "\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
