@@ -431,8 +431,45 @@ def build(name: str, out_dir: Path) -> Dict[str, Any]:
         "dataset": d["dataset"],
         "build": {"seed": SEED, "tensorflow": tf.__version__, "numpy": np.__version__, "script": "models/build.py"},
     }
+    if name == "rgbcnn":  # LiteRT has no graph extraction: heads and tails come from the Keras model
+        manifest["partition"] = {"litert_splits": export_tflite_cuts(model, out_dir, x_va, tfl_p, RGBCNN_TFLITE_CUTS)}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+#: Keras layer after which a LiteRT cut is written -> the name of the same cut in the ONNX graph
+RGBCNN_TFLITE_CUTS = {"pool1": "p1", "pool2": "p2", "pool3": "p3", "dense": "d"}
+
+
+def export_tflite_cuts(model, out_dir: Path, x_va: np.ndarray, full_p: np.ndarray,  # type: ignore[no-untyped-def]
+                       cuts: Dict[str, str]) -> Dict[str, Any]:
+    """``cuts/<cut>.head.tflite`` and ``.tail.tflite`` per cut, split from the Keras model (which shares its
+    layers, so the weights are the same), each pair checked against the full flatbuffer (max |d| <= 1e-5).
+    The intermediate tensor is NHWC here (NCHW in the ONNX graph); ``edged.partition.litert`` transposes."""
+    import tensorflow as tf
+
+    cut_dir = out_dir / "cuts"
+    cut_dir.mkdir(exist_ok=True)
+    out: Dict[str, Any] = {}
+    for j, layer in enumerate(model.layers):
+        if layer.name not in cuts:
+            continue
+        cut = cuts[layer.name]
+        shape = [int(v) for v in layer.output.shape[1:]]
+        head = tf.keras.Sequential([tf.keras.Input(shape=tuple(model.input_shape[1:]), name="input"),
+                                    *model.layers[: j + 1]])
+        tail = tf.keras.Sequential([tf.keras.Input(shape=tuple(shape), name=cut), *model.layers[j + 1:]])
+        hp, tp = cut_dir / f"{cut}.head.tflite", cut_dir / f"{cut}.tail.tflite"
+        export_tflite(head, hp)
+        export_tflite(tail, tp)
+        got = run_tflite(tp, run_tflite(hp, x_va))
+        delta = float(np.abs(got - full_p).max())
+        if delta > 1e-5:
+            raise SystemExit(f"LiteRT cut {cut}: head + tail differ from model.tflite by {delta:.2e} (> 1e-5)")
+        out[cut] = {"keras_layer": layer.name, "head": f"cuts/{hp.name}", "head_sha256": sha256_file(hp),
+                    "tail": f"cuts/{tp.name}", "tail_sha256": sha256_file(tp), "layout": "NHWC",
+                    "shape": [None, *shape], "bytes": int(np.prod(shape)) * 4, "max_abs_delta": delta}
+    return out
 
 
 # --------------------------------------------------------------------------- cnn_int8
