@@ -38,6 +38,7 @@ def test_export_holds_the_device_table(exports):
 
 
 def test_compare_renders_markdown_json_and_png(exports, tmp_path):
+    pytest.importorskip("matplotlib")
     out = tmp_path / "cmp"
     proc = run_edged(["compare", *map(str, exports), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
