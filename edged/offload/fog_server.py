@@ -141,8 +141,10 @@ class FogServer:
             parts: Dict[str, Any] = {}
             if self.preload_cuts:
                 for name in names:
-                    with contextlib.suppress(EdgedError):  # a model that cannot be partitioned is served whole
+                    try:
                         self._partition(parts, loaded[name])
+                    except EdgedError as exc:  # a model that cannot be partitioned is served whole
+                        log.info("fog: no cuts for %s: %s", name, exc)
             self._parts.append(parts)
         self._results = self._ctx.socket(zmq.PULL)
         self._results.bind(self._results_ep)
