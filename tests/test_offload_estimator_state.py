@@ -161,11 +161,11 @@ def test_a_collapse_shows_within_one_round_trip_before_any_reply() -> None:
     # the link went to 1 Mbit/s (8 us/byte): no reply at 1.5 x 13 ms + 2 ms = 21.5 ms
     clock.advance_us(12_000)  # 25 ms after sending
     assert est.is_collapsed() and est.collapses == 1
-    # the request shows at least 25000 - 2000 - 10000 = 13000 us of transfer for 10 000 bytes: 1.3 us/byte
+    # it is 25000 - 13000 = 12000 us overdue: a new input waits at least that; and it shows at least
+    # 25000 - 2000 - 10000 = 13000 us of transfer for 10 000 bytes: 1.3 us/byte (not 0.1) for a new input's bytes
     small, big = est.t_l_in_us(1000), est.t_l_in_us(49_152)
-    assert small == pytest.approx(1000 + 100 + 10_000 * 1.3 + 1000 * 1.2)
-    assert big == pytest.approx(1000 + 49_152 * 0.1 + 10_000 * 1.3 + 49_152 * 1.2)
-    assert small >= 25_000 - 13_000  # at least the time it is overdue
+    assert small == pytest.approx(1000 + 100 + 12_000 + 1000 * 1.2)
+    assert big == pytest.approx(1000 + 49_152 * 0.1 + 12_000 + 49_152 * 1.2)
     # the reply: the collapse is over, the fit follows (change detection needs three)
     est.observe_round_trip(10_000, 0, rtt_us=90_000, t_f_us=10_000, model="cnn", key="r")
     assert not est.is_collapsed() and est.in_flight() == (0, 0)
@@ -177,12 +177,22 @@ def test_a_timeout_keeps_the_link_slow_until_the_next_reply() -> None:
     clock.advance_us(1_000_000)  # 1 s timeout
     est.on_fail("r", timed_out=True)
     assert est.in_flight() == (0, 0) and est.is_collapsed()
-    # at least (1 000 000 - 2000 - 10000) / 10000 us per byte
-    assert est.t_l_in_us(1000) == pytest.approx(1000 + 1000 * 98.8)
+    # it was 1 000 000 - 13 000 us late, and showed at least (1 000 000 - 2000 - 10000) / 10000 us per byte
+    assert est.t_l_in_us(1000) == pytest.approx(1000 + 100 + 987_000 + 1000 * 98.7)
     est.on_send("p", 0)
     est.observe_round_trip(0, 0, rtt_us=2000, key="p")  # a probe comes back: the fit is the evidence again
     assert not est.is_collapsed()
     assert est.t_l_in_us(1000) == pytest.approx(1100)
+
+
+def test_a_small_late_request_counts_as_latency_not_as_bandwidth() -> None:
+    # a 300-byte request 50 ms late (a stall, or a slow fog) says nothing about how slow a byte is:
+    # a 48 kB input is not charged 48 kB x (50 ms / 300 B)
+    est, clock = learned(us_per_byte=0.1)
+    est.on_send("r", 300, "cnn", bytes_in=0)  # expected back after 1030 + 10000 + 1000 us
+    clock.advance_us(62_030)
+    assert est.is_collapsed()
+    assert est.t_l_in_us(49_152) == pytest.approx(1000 + 4915.2 + 50_000)
 
 
 def test_a_failure_without_timeout_is_no_evidence() -> None:

@@ -33,10 +33,11 @@ with :meth:`LinkEstimator.on_send` and ends it with :meth:`observe_round_trip`
 
 **Collapse** (bandwidth or a stall): when the oldest request in flight is overdue
 (older than ``overdue_ratio`` × its expected round trip + ``overdue_margin_us``),
-the link is at least as slow as that request shows: the µs per byte it implies
-apply to every byte still unacknowledged, and T_L is at least latency + the
-time it is overdue. A timeout leaves the same bound until the next reply. So a
-collapse shows within one round trip, before any reply arrives.
+the link is at least as slow as that request shows: a new input waits at least
+the time it is overdue, and when that request carried enough bytes to say so
+(:data:`BANDWIDTH_EVIDENCE_BYTES`), its bytes and those queued ahead of it go at
+the µs per byte it implies. A timeout leaves the same bounds until the next reply.
+So a collapse shows within one round trip, before any reply arrives.
 
 **Dispersion**: an EWMA of the absolute deviation (like TCP's RTTVAR) of the
 round-trip transfer around the fit (:meth:`transfer_dev_us`) and of each
@@ -55,6 +56,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+#: a late request says how slow a byte is only when it (with the bytes ahead of it) is at least this big
+BANDWIDTH_EVIDENCE_BYTES = 8192
 
 
 def _quantile(values: List[float], q: float) -> float:
@@ -165,6 +169,7 @@ class LinkEstimator:
         self._own_fog_free_at = 0.0  # when the fog has run this edge's work, per worker (s)
         self._fog_report: Optional[Tuple[float, float]] = None  # (report time s, foreign queue µs)
         self._floor_us_per_byte = 0.0  # a timeout's lower bound on µs/byte, until the next reply
+        self._floor_extra_us = 0.0  # a timeout's lower bound on the extra transfer time, until the next reply
         self.collapses = 0  # times an overdue request (or a timeout) raised the link estimate
         self._overdue_key: Optional[Hashable] = None  # the request seen overdue (one collapse counted)
 
@@ -179,7 +184,7 @@ class LinkEstimator:
             est = self._estimates_locked(now)
             lat = est.latency_us or 0.0
             upb = self._us_per_byte_now(now, est)
-            backlog_us = self._link_backlog_us(now, est, upb)
+            backlog_us = self._link_backlog_us(now, est, upb, lateness=False)  # a stall's wait is not queued bytes
             start = now + backlog_us / 1e6
             self._link_free_at = start + bytes_out * upb / 1e6
             arrive = self._link_free_at + lat / 1e6
@@ -203,10 +208,10 @@ class LinkEstimator:
                 return
             if timed_out:
                 est = self._estimates_locked(now)
-                bound = self._upb_bound(f, now, est)
-                if bound > self._floor_us_per_byte:
-                    self._floor_us_per_byte = bound
+                if self._floor_extra_us == 0.0 and self._floor_us_per_byte == 0.0:
                     self.collapses += 1
+                self._floor_us_per_byte = max(self._floor_us_per_byte, self._upb_bound(f, now, est))
+                self._floor_extra_us = max(self._floor_extra_us, (now - f.t_sent) * 1e6 - f.expected_rtt_us)
             self._drop_flight(key)
 
     def _drop_flight(self, key: Hashable) -> None:
@@ -242,7 +247,7 @@ class LinkEstimator:
             self._fit_line()  # eagerly, so a slope learned from varied sizes survives a window of one size
             self._detect_change()
             self.observations += 1
-            self._floor_us_per_byte = 0.0  # a reply: the fit knows the link again
+            self._floor_us_per_byte = self._floor_extra_us = 0.0  # a reply: the fit knows the link again
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
                 self._t_f_real_at[model] = now
@@ -294,7 +299,7 @@ class LinkEstimator:
             self._dirty = True
             self._transfer_dev = 0.0
             self._fog_report = None
-            self._floor_us_per_byte = 0.0
+            self._floor_us_per_byte = self._floor_extra_us = 0.0
             self._bump()
 
     def _add_t_f(self, model: str, t_f_us: float, now: float) -> None:
@@ -348,10 +353,15 @@ class LinkEstimator:
         return max(0.0, q - max(0.0, at - t_rep) * 1e6)
 
     def _upb_bound(self, f: _Flight, now: float, est: LinkEstimates) -> float:
-        """µs per byte at least, given that ``f`` has not come back after ``now - f.t_sent``."""
+        """µs per byte at least, given that ``f`` has not come back after ``now - f.t_sent``; 0 when ``f`` and
+        the bytes ahead of it are fewer than :data:`BANDWIDTH_EVIDENCE_BYTES` (a small request that is late
+        says the link is late, not how slow a byte is: its lateness counts as latency only)."""
+        nbytes = f.bytes_ahead + f.bytes_out + f.bytes_in
+        if nbytes < BANDWIDTH_EVIDENCE_BYTES:
+            return 0.0
         lat2 = 2.0 * (est.latency_us or 0.0)
         transfer_at_least = (now - f.t_sent) * 1e6 - lat2 - f.t_f_us
-        return max(0.0, transfer_at_least) / max(1.0, f.bytes_ahead + f.bytes_out + f.bytes_in)
+        return max(0.0, transfer_at_least) / nbytes
 
     def _overdue(self, now: float) -> Tuple[float, Optional[_Flight]]:
         """(µs the oldest request in flight is overdue, that request) or (0, None). Counts a new collapse
@@ -376,13 +386,18 @@ class LinkEstimator:
             upb = max(upb, self._upb_bound(f, now, est))
         return upb
 
-    def _link_backlog_us(self, now: float, est: LinkEstimates, upb: float) -> float:
-        """µs before a new input's first byte goes out: this edge's queued bytes; while a request is
-        overdue (or after a timeout), every unacknowledged byte at the collapsed rate."""
+    def _link_backlog_us(self, now: float, est: LinkEstimates, upb: float, lateness: bool = True) -> float:
+        """µs before a new input's first byte goes out: this edge's bytes queued ahead of it (at the
+        collapsed rate while a collapse holds); with ``lateness``, while a request is overdue (or after a
+        timeout) at least the time it is overdue (a stall delays everything behind it)."""
         backlog = max(0.0, (self._link_free_at - now) * 1e6)
-        if upb > (est.us_per_byte or 0.0):
-            backlog = max(backlog, self._unacked_bytes * upb)
-        return backlog
+        fitted = est.us_per_byte or 0.0
+        if upb > fitted > 0.0:
+            backlog *= upb / fitted
+        if not lateness:
+            return backlog
+        overdue, _ = self._overdue(now)
+        return max(backlog, overdue, self._floor_extra_us)
 
     # ---- estimates -----------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
@@ -494,9 +509,8 @@ class LinkEstimator:
             est = self._estimates_locked(now)
             upb = self._us_per_byte_now(now, est)
             backlog = self._link_backlog_us(now, est, upb)
-            overdue, _ = self._overdue(now)
             extra_rate = nbytes * max(0.0, upb - (est.us_per_byte or 0.0))
-        return base + max(backlog + extra_rate, overdue)
+        return base + backlog + extra_rate
 
     def t_f_us(self, model: str) -> Optional[float]:
         """Expected fog execution time of ``model`` (µs): a quantile of recent reports, or ``None``."""
@@ -533,7 +547,8 @@ class LinkEstimator:
         """True while a request is overdue or a timeout's bound holds (the link counts slower than its fit)."""
         now = self._clock()
         with self._lock:
-            return self._overdue(now)[1] is not None or self._floor_us_per_byte > 0.0
+            return (self._overdue(now)[1] is not None or self._floor_us_per_byte > 0.0
+                    or self._floor_extra_us > 0.0)
 
     def latency_us(self) -> Optional[float]:
         """Learned one-way link latency (µs)."""
