@@ -83,6 +83,20 @@ def _writer(path: Path, cfg: Config) -> Any:
                        spool_records=cfg.logs.spool_records)
 
 
+class _Intake:
+    """The daemon as its sources' sink (:class:`edged.sources.base.BatchSink`): one input, or several a source
+    received back to back."""
+
+    __slots__ = ("_one", "many")
+
+    def __init__(self, one: Callable[[Any], bool], many: Callable[[Sequence[Any]], int]) -> None:
+        self._one = one
+        self.many = many
+
+    def __call__(self, sample: Any) -> bool:
+        return self._one(sample)
+
+
 class Daemon:
     """One running edged. ``start()`` then ``run()`` (blocks until stopped) — or ``main()``."""
 
@@ -111,6 +125,7 @@ class Daemon:
         self.events = DecisionEvents()
         #: held by whoever hands inputs to the dispatcher (the router, or a source thread going inline)
         self._lane = threading.Lock()
+        self._intake = _Intake(self._sink, self._sink_many)
         self._signals = contextlib.ExitStack()  # the signal watcher, until main() returns
 
     # ------------------------------------------------------------------ start-up
@@ -306,7 +321,7 @@ class Daemon:
                 src.close()
             raise
         for src in self.sources:
-            self._source_threads.append(src.start(self._sink, self._sources_stop))
+            self._source_threads.append(src.start(self._intake, self._sources_stop))
         self.ready_after_s = time.monotonic() - self.started_mono
         where = ", ".join(getattr(s, "endpoint", None) or getattr(s, "url", s.name) for s in self.sources) or "none"
         msg = (f"ready in {self.ready_after_s:.2f}s: models {', '.join(self.models)}; sources {where}; "
@@ -339,6 +354,20 @@ class Daemon:
             finally:
                 self._lane.release()
         return bool(q.put(sample, timeout=None))
+
+    def _sink_many(self, samples: Sequence[Any]) -> int:
+        """:meth:`_sink` for inputs a source received back to back: decided in one round and, same-model
+        neighbours, run as one batch on the source's thread when the lane is free; else queued in order.
+        Returns how many were accepted."""
+        q = self.queue
+        if not q.qsize() and not q.closed and self._lane.acquire(blocking=False):
+            try:
+                if not q.qsize():
+                    self.dispatcher.submit_many(samples)
+                    return len(samples)
+            finally:
+                self._lane.release()
+        return sum(1 for sample in samples if q.put(sample, timeout=None))
 
     def _on_drop(self, sample: Any, reason: str) -> None:
         if self.dispatcher is not None:

@@ -79,6 +79,12 @@ def summarize_classifier(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
         else:  # stable: ties keep the lower class index first
             top_idx = sorted(range(n), key=vals.__getitem__, reverse=True)[:k]
         top_vals = [vals[i] for i in top_idx]
+        if all(map(math.isfinite, top_vals)):  # the common case: no _score() call per value
+            label = top_idx[0]
+            labels = out.labels
+            return {"label": label, "name": labels[label] if label < len(labels) else None,
+                    "score": round(top_vals[0], DIGITS),
+                    "top": [[i, round(s, DIGITS)] for i, s in zip(top_idx, top_vals)]}
     else:
         if out.kind == "logits":
             e = np.exp(v.astype(np.float64) - float(v.max()))
@@ -97,6 +103,31 @@ def summarize_classifier(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
         "score": _score(top_vals[0]),
         "top": [[i, _score(s)] for i, s in zip(top_idx, top_vals)],
     }
+
+
+def summarize_classifier_rows(rows: np.ndarray, out: ModelOutput) -> List[Dict[str, Any]]:
+    """:func:`summarize_classifier` of every row of a batch (``rows``: one sample per row), in a few numpy
+    calls instead of a Python pass per row; the same dicts, value for value (``probabilities`` outputs; a
+    ``logits`` output, a non-finite score or an empty row takes the per-row path)."""
+    n = len(rows)
+    flat = rows.reshape(n, -1) if rows.ndim != 2 else rows
+    c = flat.shape[1] if n else 0
+    if out.kind != "probabilities" or c == 0 or not np.isfinite(flat).all():
+        return [summarize_classifier(r, out) for r in flat]
+    k = min(out.top_k, c)
+    # k == 1: the first maximum; else stable on the negated scores (ties keep the lower class index first),
+    # as the per-row path
+    top = flat.argmax(axis=1)[:, np.newaxis] if k == 1 else np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(flat, top, axis=1).tolist()
+    labels = out.labels
+    nl = len(labels)
+    res = []
+    for idx, vs in zip(top.tolist(), vals):
+        label = idx[0]
+        score = round(vs[0], DIGITS)
+        res.append({"label": label, "name": labels[label] if label < nl else None, "score": score,
+                    "top": [[i, round(v, DIGITS)] for i, v in zip(idx, vs)]})
+    return res
 
 
 def summarize_regression(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:

@@ -38,9 +38,20 @@ from edged.errors import ConfigError
 from edged.offload.estimator import LinkEstimator, LocalEstimator
 from edged.offload.fog_client import CircuitBreaker, FogBackend, FogError, FogFailure, FogRefused, FogReply
 from edged.offload.policy import Decision, DecisionInputs, check_policy, decide
-from edged.results import StateStore, primary_summary, summarize, summarize_output, summarize_tensor
+from edged.results import (
+    StateStore,
+    primary_summary,
+    summarize,
+    summarize_classifier,
+    summarize_classifier_rows,
+    summarize_output,
+    summarize_tensor,
+)
+from edged.sources.sample import Sample
 
 log = logging.getLogger("edged.dispatch")
+#: the decision inputs of a record written before any decision (e.g. a rejection)
+_NO_INPUTS = DecisionInputs()
 
 #: bytes the request header adds to a payload (JSON: id, model, hash, dtype, shape, ...)
 HEADER_OVERHEAD_BYTES = 200
@@ -173,6 +184,7 @@ class Dispatcher:
         self._simple = {n: e is None or (len(e.inputs) == 1 and len(e.outputs) == 1 and not e.stateful)
                         for n, e in self._entries.items()}
         self._dynamic = {n: e is not None and bool(e.is_dynamic) for n, e in self._entries.items()}
+        self._stateful = {n: e is not None and bool(e.stateful) for n, e in self._entries.items()}
         self.wcet_by_shape = {k: dict(v) for k, v in (wcet_by_shape or {}).items()}
         self.p50_by_shape = {k: dict(v) for k, v in (p50_by_shape or {}).items()}
         self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
@@ -241,8 +253,8 @@ class Dispatcher:
                         self._track(job)
                     self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
         finally:
-            if len(local) == 1 and self._claim_idle_worker(local[0]):
-                self._run_inline(local[0])  # nothing queued, no worker busy: no hand-off buys anything
+            if local and self._claim_idle_worker(local):
+                self._run_inline(local)  # nothing queued, no worker busy: no hand-off buys anything
             else:
                 self._enqueue_local_many(local)
 
@@ -284,8 +296,7 @@ class Dispatcher:
     def _park_if_busy(self, job: _Job) -> bool:
         """A stateful model's input waits while the same sender's previous input is unrecorded: its state
         input is that input's state output, wherever it ran. True if ``job`` was parked."""
-        entry = self._entries.get(job.sample.model)
-        if entry is None or not entry.stateful:
+        if not self._stateful.get(job.sample.model):
             return False
         key = (self._sender(job.sample), job.sample.model)
         with self._state_lock:
@@ -412,6 +423,14 @@ class Dispatcher:
         """The numbers one decision is made from. ``wcet_us``/``local_exec_us`` override the model's (a dynamic
         model's values for this input's shape)."""
         model = sample.model
+        if self.fog is None and self.power is None and getattr(sample, "deadline_ms", None) is None:
+            # local only, no power model, no deadline: the other numbers are None (the hot path of a local edge)
+            wcet = wcet_us if wcet_us is not None else self.wcet_us.get(model)
+            exec_us = local_exec_us if local_exec_us is not None else self.local.exec_us(model)
+            return DecisionInputs(wcet_us=None if wcet is None else _r(wcet),
+                                  local_exec_us=None if exec_us is None else _r(exec_us),
+                                  local_queue_us=_r(self._local_backlog_us(backlog_base_us)) or 0.0,
+                                  objective=self.objective)
         fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
         t_l_in = t_l_out = t_f = None
         fog_queue: Optional[float] = None
@@ -524,26 +543,36 @@ class Dispatcher:
             self._cv.notify()
 
     # ---- local path ------------------------------------------------------------------------------
-    def _claim_idle_worker(self, job: _Job) -> bool:
+    def _claim_idle_worker(self, jobs: List[_Job]) -> bool:
         """True (and the caller counts as a busy worker) when no local input waits and no worker is busy."""
         with self._cv:
             if self._queue or self._fallbacks or self._busy or self._stop.is_set():
                 return False
-            self._busy[INLINE] = (self.clock(), job.est_us)
+            self._busy[INLINE] = (self.clock(), sum(job.est_us for job in jobs))
             self._pending_us = 0.0
             return True
 
-    def _run_inline(self, job: _Job) -> None:
-        """Run one local input on the caller's thread (the inline fast path); it still gets exactly one record."""
+    def _run_inline(self, jobs: List[_Job]) -> None:
+        """Run local inputs on the caller's thread (the inline fast path), in order, same-model neighbours as
+        one batch exactly as a worker would; each still gets exactly one record."""
         try:
-            self._run_local(job)
-        except Exception as exc:  # _emit is idempotent: a recorded input is skipped
-            log.exception("local run failed")
-            self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
+            pending = deque(jobs)
+            while pending:
+                batch = _next_batch(pending, self._simple, self._dynamic, self.max_batch)
+                try:
+                    if len(batch) == 1:
+                        self._run_local(batch[0])
+                    else:
+                        self._run_local_batch(batch)
+                except Exception as exc:  # _emit is idempotent: a recorded input is skipped
+                    log.exception("local run failed")
+                    for job in batch:
+                        self._emit(job, "fallback" if job.fog_error else "local", error=f"{type(exc).__name__}: {exc}")
         finally:
             with self._cv:
                 self._busy.pop(INLINE, None)
-                self._cv.notify_all()
+                if self._queue or self._fallbacks:  # arrived meanwhile (e.g. a fallback): a worker takes them
+                    self._cv.notify()
 
     def _enqueue_local_many(self, jobs: List[_Job]) -> None:
         if not jobs:
@@ -590,16 +619,7 @@ class Dispatcher:
         never delays an input; under load it runs one inference per batch instead of one per input."""
         if self._fallbacks:
             return [self._fallbacks.popleft()]
-        first = self._queue.popleft()
-        batch = [first]
-        model = first.sample.model
-        if not self._simple.get(model, True):  # several tensors or state: one input at a time, in order
-            return batch
-        shape = first.sample.array.shape if self._dynamic.get(model) else None  # only equal shapes stack
-        while (self._queue and len(batch) < self.max_batch and self._queue[0].sample.model == model
-               and (shape is None or self._queue[0].sample.array.shape == shape)):
-            batch.append(self._queue.popleft())
-        return batch
+        return _next_batch(self._queue, self._simple, self._dynamic, self.max_batch)
 
     def _run_local(self, job: _Job) -> None:
         sample = job.sample
@@ -647,7 +667,7 @@ class Dispatcher:
             with self._model_locks[model]:
                 out = self.models[model].predict(stacked, validate=False)  # sources validated each input
             rows = [self._one_output(model, row) for row in out]
-            results = [self._summarize(model, r) for r in rows]
+            results = self._summarize_rows(model, out, rows)
         except Exception as exc:
             self._end(token)
             for j in jobs:
@@ -729,28 +749,43 @@ class Dispatcher:
                 return None
             job.recorded = True
         sample = job.sample
-        i = job.inputs or DecisionInputs()
+        i = job.inputs or _NO_INPUTS
         d = job.decision
         if reason is None:
             reason = d.reason if d else ""
             if decision == "fallback" and job.fog_error:
                 reason = f"{reason}; fallback: {job.fog_error}"
         t_end = t_done if t_done is not None else self.clock()
+        seq: Optional[int]
+        meta: Optional[Dict[str, Any]]
+        if type(sample) is Sample:  # the hot path: plain attribute reads (rejections carry fewer fields)
+            seq, source, sender, sender_ts, meta = (sample.seq, sample.source, sample.sender, sample.sender_ts,
+                                                    sample.meta)
+        else:
+            seq, source = getattr(sample, "seq", None), getattr(sample, "source", "")
+            sender, sender_ts = getattr(sample, "sender", None), getattr(sample, "sender_ts", None)
+            meta = getattr(sample, "meta", None)
+        if d is not None:
+            threshold, exp_local, exp_offload = d.threshold_us, d.expected_local_us, d.expected_offload_us
+            threshold = None if threshold is None else _r(threshold)
+            exp_local = None if exp_local is None else _r(exp_local)
+            exp_offload = None if exp_offload is None else _r(exp_offload)
+        else:
+            threshold = exp_local = exp_offload = None
         rec: Dict[str, Any] = {
-            "ts": round(job.ts, 6), "seq": getattr(sample, "seq", None), "source": getattr(sample, "source", ""),
+            "ts": round(job.ts, 6), "seq": seq, "source": source,
             "model": sample.model, "policy": job.policy, "decision": decision, "reason": reason,
             "wcet_us": i.wcet_us, "local_exec_us": i.local_exec_us, "t_l_us": i.t_l_in_us,
             "t_l_out_us": i.t_l_out_us, "t_f_us": i.t_f_us, "fog_queue_us": i.fog_queue_us,
-            "threshold_us": _r(d.threshold_us) if d else None, "local_queue_us": i.local_queue_us,
-            "expected_local_us": _r(d.expected_local_us) if d else None,
-            "expected_offload_us": _r(d.expected_offload_us) if d else None,
+            "threshold_us": threshold, "local_queue_us": i.local_queue_us,
+            "expected_local_us": exp_local, "expected_offload_us": exp_offload,
             "fog_up": i.fog_up, "deadline_us": i.deadline_us, "objective": i.objective,
-            "latency_us": _r((t_end - sample.t_arrival) * 1e6),
-            "exec_us": _r(exec_us), "transfer_us": _r(transfer_us), "result": result, "error": error,
-            "fog_error": job.fog_error, "energy_mj": _r(energy_mj, 4), "batch": batch,
-            "sender": getattr(sample, "sender", None), "sender_ts": getattr(sample, "sender_ts", None),
+            "latency_us": round((t_end - sample.t_arrival) * 1e6, 1),
+            "exec_us": None if exec_us is None else _r(exec_us),
+            "transfer_us": None if transfer_us is None else _r(transfer_us), "result": result, "error": error,
+            "fog_error": job.fog_error, "energy_mj": None if energy_mj is None else _r(energy_mj, 4),
+            "batch": batch, "sender": sender, "sender_ts": sender_ts,
         }
-        meta = getattr(sample, "meta", None)
         if meta:
             rec["meta"] = meta
         if summary is not None:  # every output's summary, for models whose result is more than one classifier
@@ -785,7 +820,8 @@ class Dispatcher:
             with self._cv:
                 for job in jobs:
                     self._outstanding.pop(job.key, None)
-                self._cv.notify_all()
+                if self._closing:  # only close() waits for _outstanding to empty (and it polls as well)
+                    self._cv.notify_all()
             if self._state_busy:
                 self._release(jobs)
 
@@ -841,10 +877,20 @@ class Dispatcher:
         # the summaries take a batch of one (their leading axis of 1 is dropped); ``outputs`` are rows
         if self._simple.get(model, True):
             o = entry.outputs[0]
-            s = summarize_output(next(iter(outputs.values()))[np.newaxis], o)
-            return (s, None) if o.is_classifier else (None, {o.name: s})
+            row = next(iter(outputs.values()))
+            if o.is_classifier:  # a row is one sample: summarised as is (summarize_output's batch axis is moot)
+                return summarize_classifier(row, o), None
+            return None, {o.name: summarize_output(row[np.newaxis], o)}
         summary = summarize(entry, {k: v[np.newaxis] for k, v in outputs.items()})
         return primary_summary(entry, summary), summary
+
+    def _summarize_rows(self, model: str, out: np.ndarray,
+                        rows: List[Outputs]) -> List[Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]]:
+        """:meth:`_summarize` of every row of a simple model's batched output, a classifier's in one pass."""
+        entry = self._entries.get(model)
+        if entry is not None and self._simple.get(model, True) and entry.outputs[0].kind == "probabilities":
+            return [(r, None) for r in summarize_classifier_rows(out, entry.outputs[0])]
+        return [self._summarize(model, r) for r in rows]
 
     # ---- helpers -------------------------------------------------------------------------------
     def _begin(self, kind: str) -> Any:
@@ -872,6 +918,22 @@ class Dispatcher:
         except Exception:
             log.exception("energy_fn failed")
             return None
+
+
+def _next_batch(queue: Deque[_Job], simple: Mapping[str, bool], dynamic: Mapping[str, bool],
+                max_batch: int) -> List[_Job]:
+    """Pop the next input of ``queue`` plus the inputs of the same model right behind it (up to ``max_batch``;
+    a dynamic model's only while their shapes are equal; a model with several tensors or state alone)."""
+    first = queue.popleft()
+    batch = [first]
+    model = first.sample.model
+    if not simple.get(model, True):  # several tensors or state: one input at a time, in order
+        return batch
+    shape = first.sample.array.shape if dynamic.get(model) else None  # only equal shapes stack
+    while (queue and len(batch) < max_batch and queue[0].sample.model == model
+           and (shape is None or queue[0].sample.array.shape == shape)):
+        batch.append(queue.popleft())
+    return batch
 
 
 def _rows(outs: Mapping[str, np.ndarray]) -> Outputs:

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -32,6 +32,22 @@ log = logging.getLogger("edged.sources")
 
 #: Downstream callback: returns False if the sample was not accepted (queue full/closed).
 Sink = Callable[[Sample], bool]
+
+
+class BatchSink(Protocol):
+    """A :data:`Sink` that can also take several samples received back to back in one call (one hand-off,
+    one decision round and, for same-model neighbours, one batched inference instead of one per sample).
+    ``many`` returns how many of ``samples`` it accepted; like ``__call__`` it never drops one silently."""
+
+    def __call__(self, sample: Sample) -> bool: ...
+
+    def many(self, samples: Sequence[Sample]) -> int: ...
+
+
+def batch_sink(sink: Sink) -> Optional[Callable[[Sequence[Sample]], int]]:
+    """``sink.many`` when ``sink`` is a :class:`BatchSink`, else None (deliver one by one)."""
+    many = getattr(sink, "many", None)
+    return many if callable(many) else None
 
 #: Reason under which an exception nobody expected, raised while handling one message, is counted.
 INTERNAL_ERROR = "internal_error"
@@ -204,6 +220,28 @@ class Source(abc.ABC):
                 err.header = msg
             raise
         return self.make_sample(info, arr, t_arrival, feeds)
+
+    def deliver_many(self, samples: List[Sample], sink: Sink,
+                     many: Optional[Callable[[Sequence[Sample]], int]]) -> None:
+        """Hand validated samples received back to back to ``sink`` (in one call when it is a
+        :class:`BatchSink`), count them as accepted or refused downstream, and clear ``samples``.
+        Never raises: a sink failure is counted and logged, like :meth:`handle_message`'s."""
+        if not samples:
+            return
+        try:
+            if many is None or len(samples) == 1:
+                for sample in samples:
+                    self.deliver(sample, sink)
+                return
+            self.stats.count_accepted(len(samples))
+            refused = len(samples) - many(samples)
+            for _ in range(refused):
+                self.stats.count_downstream_refusal()
+        except Exception as exc:
+            self.stats.count_error()
+            self._log_traceback(f"sink failed for {len(samples)} sample(s) ({type(exc).__name__})", exc)
+        finally:
+            samples.clear()
 
     def deliver(self, sample: Sample, sink: Sink) -> bool:
         """Hand a validated sample to ``sink``; count it as accepted or refused downstream."""

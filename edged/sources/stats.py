@@ -66,9 +66,9 @@ class SourceStats:
 
     # ---- updates (source thread)
 
-    def count_accepted(self) -> None:
+    def count_accepted(self, n: int = 1) -> None:
         # hot path, single writer (the source thread): a plain increment, no lock
-        self.accepted += 1
+        self.accepted += n
 
     def count_rejected(self, reason: str, detail: str = "", garbage_bytes: int = 0) -> None:
         """Count one rejection and log it, at most once per reason per ``log_interval_s``."""

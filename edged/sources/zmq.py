@@ -34,7 +34,7 @@ import zmq
 from edged._json import orjson_loads
 from edged.errors import SourceError
 from edged.runtime.base import TensorSpec
-from edged.sources.base import Sink, Source
+from edged.sources.base import Sink, Source, batch_sink
 from edged.sources.framing import MAX_HEADER_BYTES, FrameError, parse_header_json, parse_json
 from edged.sources.sample import Sample
 from edged.sources.validate import MAX_SEQ, MAX_TENSORS, _layout
@@ -324,9 +324,12 @@ class ZmqSource(Source):
             self._log_traceback("fast path failed for a burst; handling its messages one by one")
             parsed = [None] * len(burst)
         stats = self.stats
+        many = batch_sink(sink)
+        ready: List[Sample] = []  # fast-path samples, handed over together (in order) when the sink takes many
         for i, (frames, t_arrival) in enumerate(burst):
             item = parsed[i]
             if item is None:
+                self.deliver_many(ready, sink, many)  # what came before it goes first: order holds
                 self.handle_message(frames, sink, t_arrival)
                 continue
             try:
@@ -334,6 +337,7 @@ class ZmqSource(Source):
                 arr, ok = rows[i]
                 model = header["model"]
                 if not ok:
+                    self.deliver_many(ready, sink, many)  # the inputs before it are recorded before it
                     self.reject("non_finite", f"model {model!r} input has NaN/inf value(s)", header,
                                 t_arrival=t_arrival)
                     continue
@@ -342,11 +346,15 @@ class ZmqSource(Source):
                 else:
                     stats.track_seq(("", model), seq)
                 sample = Sample(model, seq, arr, self.name, t_arrival=t_arrival, sender_ts=header.get("ts"))
+                if many is not None:
+                    ready.append(sample)
+                    continue
                 stats.accepted += 1
                 if not sink(sample):
                     stats.count_downstream_refusal()
             except Exception as exc:
                 self.reject_unexpected(exc, item[0], t_arrival=t_arrival)
+        self.deliver_many(ready, sink, many)
 
     def handle_message(self, frames: List[bytes], sink: Sink, t_arrival: Optional[float] = None) -> bool:
         """Validate one received message and deliver it; False if rejected or refused downstream.
