@@ -241,3 +241,21 @@ def test_estimates_are_cached_until_a_sample_arrives() -> None:
     assert b.t_l_us(1000) == pytest.approx(2000)
     snap = est.snapshot()
     assert snap["in_flight"] == 0 and snap["collapsed"] is False and snap["transfer_dev_us"] == 0.0
+
+
+def test_probes_are_wanted_when_the_fit_cannot_tell_latency_from_bandwidth() -> None:
+    est, clock = learned(us_per_byte=0.1)
+    est.on_send("p", 0)
+    est.observe_round_trip(0, 0, 2000, key="p")  # a probe: the last one
+    assert not est.wants_probe()
+    for _ in range(8):  # then only big inputs of one size, much slower than the fit
+        est.observe_round_trip(49_352, 300, 400_000, t_f_us=10_000, model="cnn")
+    clock.advance_us(100_000)
+    assert not est.wants_probe()  # not more often than every 0.25 s
+    clock.advance_us(200_000)
+    assert est.wants_probe()
+    est.observe_round_trip(0, 0, 80_000)  # the small probe ...
+    est.observe_round_trip(4096, 4096, 80_000 + 8192 * 8)  # ... and the padded one
+    assert not est.wants_probe()
+    clock.advance_us(2_000_000)
+    assert est.wants_probe()  # stale

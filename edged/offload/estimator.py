@@ -171,6 +171,8 @@ class LinkEstimator:
         self._floor_us_per_byte = 0.0  # a timeout's lower bound on µs/byte, until the next reply
         self._floor_extra_us = 0.0  # a timeout's lower bound on the extra transfer time, until the next reply
         self.collapses = 0  # times an overdue request (or a timeout) raised the link estimate
+        self._last_probe_at = -1e18  # when the last round trip without a model (a probe) came back
+        self._changes_at_probe = 0
         self._overdue_key: Optional[Hashable] = None  # the request seen overdue (one collapse counted)
 
     # ---- feeding -------------------------------------------------------------------------------
@@ -251,6 +253,9 @@ class LinkEstimator:
             if model is not None:
                 self._add_t_f(model, t_f_us, now)
                 self._t_f_real_at[model] = now
+            else:
+                self._last_probe_at = now
+                self._changes_at_probe = self.changes
             self._bump()
             if f is not None and key is not None:
                 self._drop_flight(key)
@@ -570,6 +575,24 @@ class LinkEstimator:
         """True when no link observation is newer than ``stale_after_s`` (time to probe)."""
         age = self.age_s()
         return age is None or age > self.stale_after_s
+
+    def wants_probe(self, min_interval_s: float = 0.25) -> bool:
+        """True when a probe (a small and a padded ping) would teach something: the estimate is stale; or,
+        at most every ``min_interval_s``, a request is overdue, the link changed since the last probe, or
+        the recent round trips all had about one size (the fit cannot tell latency from bandwidth: a
+        burst of equal big inputs on a collapsed link reads as a huge latency for small inputs)."""
+        if self.is_stale():
+            return True
+        now = self._clock()
+        with self._lock:
+            if now - self._last_probe_at < min_interval_s:
+                return False
+            if self._overdue(now)[1] is not None or self._floor_extra_us > 0.0:
+                return True
+            if self.changes != self._changes_at_probe:
+                return True
+            recent = [b for _, b, _ in list(self._link)[-8:]]
+            return len(recent) >= 3 and max(recent) - min(recent) <= 64.0
 
     def snapshot(self) -> Dict[str, Any]:
         """JSON-ready view of the current estimates."""
