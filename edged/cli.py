@@ -27,7 +27,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "report": ("edged.report", "summarise a log directory per model and decision"),
     "check-config": ("edged.config", "validate a config file (exit 0 if valid, 78 if not)"),
     "keys": ("edged.offload.keys", "generate CURVE key pairs for the edge<->fog link"),
-    "compare": ("edged.compare", "merge 'edged profile --export' tables of M devices into the N x M table"),
+    "compare": ("edged.compare", "merge profile exports of M devices into the N x M table"),
     "export-fog": ("edged.export_fog", "export the models for Triton, MLServer or KServe fog nodes"),
 }
 
