@@ -127,6 +127,7 @@ class FogConfig:
     probe_interval_s: float = field(default=0.5, metadata=_min(0.01))
     curve_server_public_key: str = ""  # path of the fog's public key file ("" = no encryption)
     curve_client_secret_key: str = ""  # path of this edge's .key_secret file
+    name: str = ""  # [[fog]]: the node's name in records and logs ("" = its address)
     # ---- backend = "oip": an Open Inference Protocol server (Triton, KServe, MLServer); docs/scale-out.md
     backend: str = field(default="zmq", metadata=_choices(*FOG_BACKENDS))
     url: str = ""  # oip: grpc "HOST:PORT" (or grpc://, grpcs://), rest "http(s)://HOST:PORT"
@@ -192,6 +193,13 @@ class Config:
     power: PowerConfig = field(default_factory=PowerConfig)
     sources: Tuple[Any, ...] = ()
     sinks: Tuple[Any, ...] = ()  # [[sinks]]: where results go (edged.sinks configs), all optional
+    #: [[fog]]: several fog nodes (zmq and oip mixed), in order of preference; () with a single [fog] table
+    fogs: Tuple[FogConfig, ...] = ()
+
+    @property
+    def fog_nodes(self) -> Tuple[FogConfig, ...]:
+        """Every configured fog node: the [[fog]] list, or the single [fog] table (``fog`` is the first)."""
+        return self.fogs or (self.fog,)
 
     def resolved_state_dir(self) -> Path:
         from edged.profile import state_dir
@@ -207,7 +215,7 @@ class Config:
         return self.resolved_state_dir() / "logs"
 
 
-SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("path", "sources")}
+SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("path", "sources", "fogs")}
 
 
 # --------------------------------------------------------------------------- validation
@@ -480,8 +488,16 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
     also checks the file system: ``models.dirs`` and the CURVE key files must exist."""
     errs = _Errors(path, key_lines(text) if text else None, env_keys)
     built: Dict[str, Any] = {}
+    fogs: List[FogConfig] = []
     for key, value in raw.items():
         if key in ("sources", "sinks"):
+            continue
+        if key == "fog" and isinstance(value, list):  # [[fog]]: several nodes
+            if not value:
+                errs.add("fog", value, "at least one [[fog]] table (or [fog] with enabled = false)")
+            fogs = [_build(FogConfig, v, f"fog[{i}]", errs) for i, v in enumerate(value)]
+            if fogs:
+                built["fog"] = fogs[0]
             continue
         if key not in SECTIONS:
             errs.unknown(key, list(SECTIONS) + ["sources", "sinks"])
@@ -535,13 +551,20 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
     for i, n in enumerate(names):
         if n in names[:i]:
             errs.add(f"sinks[{i}].name", n, "a name no other sink has (set name = \"...\" on each)")
-    cfg = Config(path=path, sources=tuple(sources), sinks=tuple(sinks), **built)
-    if cfg.fog.backend == "oip":
-        _check_oip(cfg.fog, errs)
-    else:
-        why = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[1]
-        if why:
-            errs.add("fog.endpoint", cfg.fog.endpoint, why)
+    cfg = Config(path=path, sources=tuple(sources), sinks=tuple(sinks), fogs=tuple(fogs), **built)
+    seen_fogs: Dict[str, str] = {}
+    for key, fc in _fog_keys(cfg):
+        if fc.backend == "oip":
+            _check_oip(fc, errs, key)
+        else:
+            why = parse_zmq_endpoint(fc.endpoint, bind=False)[1]
+            if why:
+                errs.add(f"{key}.endpoint", fc.endpoint, why)
+        node = fog_name(fc)
+        if cfg.fogs and node in seen_fogs:
+            errs.add(f"{key}.name" if fc.name else key, node,
+                     f"a name no other fog node has ({seen_fogs[node]} has it; set name = \"...\" on each)")
+        seen_fogs.setdefault(node, key)
     _check_conflicts(cfg, where, errs)
     if check_paths:
         _check_paths(cfg, errs)
@@ -622,26 +645,44 @@ def _check_conflicts(cfg: Config, where: List[int], errs: _Errors) -> None:
                     and serial_scheme(s.url) != "loop"):
                 errs.add(f"sources[{i}].url", s.url, f"a port no other source opens (sources[{k}] opens it)")
                 break
-    if not cfg.fog.enabled or cfg.fog.backend == "oip":
-        return
-    fog = parse_zmq_endpoint(cfg.fog.endpoint, bind=False)[0]
-    if fog is None:
-        return
-    for i, s in zip(where, cfg.sources):
-        if not isinstance(s, ZmqSourceConfig) or not s.bind:
+    for key, fc in _fog_keys(cfg):
+        if not fc.enabled or fc.backend == "oip":
             continue
-        src = parse_zmq_endpoint(s.endpoint, bind=True)[0]
-        if src is None or src.transport != fog.transport:
+        fog = parse_zmq_endpoint(fc.endpoint, bind=False)[0]
+        if fog is None:
             continue
-        same = _reaches(fog, src) if fog.transport == "tcp" else src.address == fog.address
-        if same:
-            errs.add("fog.endpoint", cfg.fog.endpoint,
-                     f"the fog node's address, not this daemon's own source sources[{i}] ({s.endpoint!r})")
+        for i, s in zip(where, cfg.sources):
+            if not isinstance(s, ZmqSourceConfig) or not s.bind:
+                continue
+            src = parse_zmq_endpoint(s.endpoint, bind=True)[0]
+            if src is None or src.transport != fog.transport:
+                continue
+            same = _reaches(fog, src) if fog.transport == "tcp" else src.address == fog.address
+            if same:
+                errs.add(f"{key}.endpoint", fc.endpoint,
+                         f"the fog node's address, not this daemon's own source sources[{i}] ({s.endpoint!r})")
+
+
+def _fog_keys(cfg: Config) -> List[Tuple[str, FogConfig]]:
+    """(key path as errors spell it, node) for each fog node: ``fog`` for the single table, ``fog[i]`` in a list."""
+    if cfg.fogs:
+        return [(f"fog[{i}]", fc) for i, fc in enumerate(cfg.fogs)]
+    return [("fog", cfg.fog)]
+
+
+def fog_name(fc: FogConfig) -> str:
+    """A fog node's name in records and logs: ``name``, or its address."""
+    return fc.name or (fc.url if fc.backend == "oip" else fc.endpoint)
 
 
 def fog_address(fc: FogConfig) -> str:
     """Where the fog is, as a person reads it: the ZeroMQ endpoint, or ``oip grpc HOST:PORT``."""
     return f"oip {fc.protocol} {fc.url}" if fc.backend == "oip" else fc.endpoint
+
+
+def _fogs_text(cfg: Config) -> str:
+    on = [fog_address(fc) for fc in cfg.fog_nodes if fc.enabled]
+    return "on " + ", ".join(on) if on else "off"
 
 
 def _check_oip(fc: FogConfig, errs: _Errors, key: str = "fog") -> None:
@@ -687,22 +728,22 @@ def _check_paths(cfg: Config, errs: _Errors) -> None:
             rel = "" if p.is_absolute() else f" (relative to the working directory {os.getcwd()})"
             errs.add(f"models.dirs[{i}]", d, f"an existing directory of <model>/manifest.json folders: {d} "
                                              f"{state}{rel}")
-    fc = cfg.fog
-    if fc.enabled and fc.backend == "oip":
-        for k in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
-            f = getattr(fc, k)
-            if f and not os.path.isfile(f):
-                errs.add(f"fog.{k}", f, "an existing PEM file: no such file")
-    elif fc.enabled:
-        server = fc.curve_server_public_key
-        if server and not (len(server) == 40 and not os.path.exists(server)) and not os.path.isfile(server):
-            errs.add("fog.curve_server_public_key", server,
-                     "the fog's public certificate file from 'edged keys' (or its 40-character z85 key): "
-                     "no such file")
-        client = fc.curve_client_secret_key
-        if client and not os.path.isfile(client):
-            errs.add("fog.curve_client_secret_key", client,
-                     "this edge's .key_secret certificate file from 'edged keys': no such file")
+    for key, fc in _fog_keys(cfg):
+        if fc.enabled and fc.backend == "oip":
+            for k in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                f = getattr(fc, k)
+                if f and not os.path.isfile(f):
+                    errs.add(f"{key}.{k}", f, "an existing PEM file: no such file")
+        elif fc.enabled:
+            server = fc.curve_server_public_key
+            if server and not (len(server) == 40 and not os.path.exists(server)) and not os.path.isfile(server):
+                errs.add(f"{key}.curve_server_public_key", server,
+                         "the fog's public certificate file from 'edged keys' (or its 40-character z85 key): "
+                         "no such file")
+            client = fc.curve_client_secret_key
+            if client and not os.path.isfile(client):
+                errs.add(f"{key}.curve_client_secret_key", client,
+                         "this edge's .key_secret certificate file from 'edged keys': no such file")
 
 
 def load_config(path: Optional[os.PathLike], environ: Optional[Mapping[str, str]] = None,
@@ -780,5 +821,5 @@ def main(args: argparse.Namespace) -> int:
         sinks = ", ".join(sc.name or sc.type for sc in cfg.sinks)
         print(f"{cfg.path}: ok ({len(cfg.sources)} source(s): {srcs or 'none'}; {len(cfg.sinks)} sink(s)"
               f"{': ' + sinks if sinks else ''}; policy {cfg.policy.default}; "
-              f"fog {'on ' + fog_address(cfg.fog) if cfg.fog.enabled else 'off'}; power {cfg.power.source})")
+              f"fog {_fogs_text(cfg)}; power {cfg.power.source})")
     return 0

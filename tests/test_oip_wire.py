@@ -228,6 +228,28 @@ def test_check_config_cli_reports_oip(tmp_path: Path) -> None:
     assert p.returncode == 78 and "fog.url" in p.stderr and "protocol = 'rest'" in p.stderr
 
 
+def test_config_several_fog_nodes() -> None:
+    """[[fog]]: zmq and oip nodes in order of preference; each validated under its own key; names unique."""
+    from edged.config import apply_env_overrides, fog_name, parse_config
+
+    raw = {"fog": [{"endpoint": "tcp://10.0.0.2:5556", "name": "box"},
+                   {"backend": "oip", "url": "mlserver.local:8081", "timeout_ms": 100}]}
+    cfg, errs = parse_config(raw, path="t.toml")
+    assert errs == [] and [fog_name(f) for f in cfg.fog_nodes] == ["box", "mlserver.local:8081"]
+    assert cfg.fog is cfg.fog_nodes[0] and cfg.fog_nodes[1].timeout_ms == 100
+    env = apply_env_overrides(raw, {"EDGED_FOG__1__URL": "http://x:8080"})
+    _, errs = parse_config(raw, path="t.toml", env_keys=env)
+    assert len(errs) == 1 and errs[0].startswith("EDGED_FOG__1__URL") and "fog[1].url" in errs[0]
+    _, errs = parse_config({"fog": [{"endpoint": "tcp://a:1"}, {"endpoint": "tcp://a:1"}]}, path="t.toml")
+    assert len(errs) == 1 and "fog[1]" in errs[0] and "a name no other fog node has" in errs[0]
+    _, errs = parse_config({"fog": []}, path="t.toml")
+    assert len(errs) == 1 and "at least one [[fog]] table" in errs[0]
+    _, errs = parse_config({"fog": [{"backend": "oip"}, "x"]}, path="t.toml")
+    assert any("fog[0].url" in e for e in errs) and any("fog[1]" in e and "a table" in e for e in errs)
+    cfg, errs = parse_config({"fog": {"endpoint": "tcp://10.0.0.2:5556"}}, path="t.toml")
+    assert errs == [] and cfg.fogs == () and cfg.fog_nodes == (cfg.fog,)
+
+
 def test_backend_errors_are_config_errors() -> None:
     from edged.errors import ConfigError
     from edged.offload.oip import OipFogBackend

@@ -132,6 +132,9 @@ class _Model:
     stats: Optional[Tuple[int, int]] = None  # last (count, ns) of Triton's compute_infer
     stats_t_f_us: Optional[float] = None
     recent_t_f: List[float] = field(default_factory=list)  # T_F (µs) of the last replies, any source
+    #: the canary: (feeds, local outputs), computed once at attach on the caller's thread (a LiteRT interpreter
+    #: must not run on the probe thread while a local worker uses it)
+    canary_rows: List[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]] = field(default_factory=list)
 
 
 class _Settler:
@@ -339,6 +342,8 @@ class OipFogBackend(FogBackend):
                 continue
             m = self._new_model(name, entry.model_hash, entry)
             m.runner = lm
+            if self.canary > 0:
+                m.canary_rows = [(row, lm.run(row)) for row in self._canary_feeds(m)]
             if self.canary <= 0:
                 m.status = "verified"
                 m.reason = "no canary configured"
@@ -421,8 +426,7 @@ class OipFogBackend(FogBackend):
 
     def _run_canary(self, m: _Model, timeout_s: float) -> str:
         """"" when every canary input's remote outputs equal the local ones; otherwise why not."""
-        for k, row in enumerate(self._canary_feeds(m)):
-            local = m.runner.run(row)
+        for k, (row, local) in enumerate(m.canary_rows):
             fut = self._submit_model(m, dict(row), timeout_s, canary=True)
             reply = fut.result(timeout=timeout_s + 1.0)
             remote = reply.outputs
