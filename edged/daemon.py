@@ -273,6 +273,7 @@ class Daemon:
         from edged.logs import ensure_writable_dir
         from edged.offload.dispatcher import Dispatcher
         from edged.offload.fog_client import CircuitBreaker
+        from edged.offload.types import DispatcherConfig
         from edged.sources.queue import IngestQueue
 
         cfg = self.cfg
@@ -289,17 +290,16 @@ class Daemon:
         policies = {"*": cfg.policy.default, **dict(cfg.policy.models)}
         breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
                                  probe_interval_s=cfg.fog.probe_interval_s)
+        settings = DispatcherConfig(
+            policies=policies, objective=cfg.policy.objective, local_workers=cfg.local.workers,
+            max_local_queue=cfg.local.max_queue, max_batch=cfg.local.max_batch,
+            fog_timeout_s=cfg.fog.timeout_ms / 1000.0, probe_interval_s=cfg.fog.probe_interval_s,
+            wcet_us=timing["wcet"], local_exec_us=timing["p50"],
+            wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"])
         self.dispatcher = Dispatcher(
-            self.models, policies, sink=self._record_one, sink_many=self._record_many,
-            fog=self.fog, wcet_us=timing["wcet"], max_batch=cfg.local.max_batch,
-            objective=cfg.policy.objective, local_workers=cfg.local.workers, max_local_queue=cfg.local.max_queue,
-            fog_timeout_s=cfg.fog.timeout_ms / 1000.0,
-            energy_fn=self.sampler.energy_mj if self.sampler else None,
-            activity=tracker, power=power_model, breaker=breaker, local_exec_us=timing["p50"],
-            probe_interval_s=cfg.fog.probe_interval_s,
-            wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"],
-            on_results=self._publish if cfg.sinks else None,
-        )
+            self.models, settings, self._record_one, sink_many=self._record_many, fog=self.fog,
+            energy_fn=self.sampler.energy_mj if self.sampler else None, activity=tracker, power=power_model,
+            breaker=breaker, on_results=self._publish if cfg.sinks else None)
         self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
         self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)
         self._router_thread.start()

@@ -30,14 +30,15 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from edged.errors import ConfigError
 from edged.offload.estimator import LinkEstimator, LocalEstimator
 from edged.offload.fog_client import CircuitBreaker, FogBackend, FogError, FogFailure, FogRefused, FogReply
-from edged.offload.policy import Decision, DecisionInputs, check_policy, decide
+from edged.offload.policy import Decision, DecisionInputs, decide
+from edged.offload.types import ActivityLike, DispatcherConfig, ModelLike, PowerLike, SampleLike
 from edged.results import (
     StateStore,
     primary_summary,
@@ -72,7 +73,7 @@ def _r(x: Optional[float], nd: int = 1) -> Optional[float]:
 
 @dataclass
 class _Job:
-    sample: Any
+    sample: SampleLike
     policy: str
     ts: float
     inputs: Optional[DecisionInputs] = None
@@ -92,82 +93,74 @@ class Dispatcher:
     """Decides, runs and records every input. See the module docstring for the threads.
 
     Args:
-        models: loaded models by name (``LoadedModel``: ``predict(x)``, ``entry.model_hash``).
-        policies: policy per model name (``"*"`` = default for the others; default ``threshold``).
+        models: loaded models by name (:class:`~edged.offload.types.ModelLike`: ``predict(x)``; with a manifest
+            ``entry``, also ``run(feeds)`` and ``entry.model_hash``).
+        config: every plain setting (:class:`~edged.offload.types.DispatcherConfig`), or just the policies by
+            model name (``"*"`` = default) with the other settings at their defaults.
         sink: called with one JSON-ready dict per input (serialised: never concurrently).
         fog: fog back end, or ``None`` for local only.
         link: link/fog estimator (a fresh :class:`LinkEstimator` if ``None``).
-        wcet_us: profile WCET per model (µs).
-        objective: ``"latency"`` or ``"energy"`` (used by ``adaptive``).
-        local_workers: threads running local inputs.
-        max_local_queue: local inputs waiting beyond which ``submit`` blocks.
-        fog_timeout_s: per-request fog timeout (s); on expiry the input falls back locally.
         energy_fn: ``(t0, t1) -> mJ`` over a monotonic window, or ``None``.
-        activity: object with ``begin(kind) -> token`` / ``end(token)``; kinds ``local`` and ``radio``.
-        power: object with ``p_idle_w``, ``p_active_w``, ``p_radio_w`` attributes (W, may be ``None``).
+        activity: :class:`~edged.offload.types.ActivityLike` (kinds ``local`` and ``radio``), or ``None``.
+        power: :class:`~edged.offload.types.PowerLike` (learned W per activity), or ``None``.
         clock: monotonic clock (s); ``Sample.t_arrival`` must use the same clock.
-        breaker: circuit breaker (default K=3 failures, M=2 probes, 0.5 s between probes).
-        local: local execution estimator (default: seeded with ``local_exec_us`` or else ``wcet_us``).
-        local_exec_us: seeds for the local estimator (µs), e.g. the profile p50.
-        model_hashes: model hash per name, if the models do not carry ``entry.model_hash``.
-        probe_interval_s: how often the probe thread checks (s); the link counts stale after
-            ``link.stale_after_s``.
-        probe_pad_bytes: padding of the bandwidth probe (bytes, each direction).
-        max_batch: most queued inputs of one model a local worker runs as one batch (1 = no batching).
+        breaker: circuit breaker (default K=3 failures, M=2 probes, ``config.probe_interval_s`` between probes).
+        local: local execution estimator (default: seeded with ``config.local_exec_us`` or else ``wcet_us``).
         sink_many: optional ``sink`` for a list of records (one write for a batch), e.g. ``JsonlWriter.write_many``.
         on_results: optional ``(records, outputs)`` callback, called after the records are written, with each
             record's raw model outputs (output name -> array, batch axis removed; ``None`` for an input without
             a result): what result sinks publish. Must not block.
         state: per-(sender, model) recurrent state for stateful models (a fresh :class:`StateStore` if None).
-        wcet_by_shape / p50_by_shape: a dynamic model's profile per input shape key (µs); an input's WCET is
-            that of its shape, or scaled by element count from the nearest profiled shape (flagged in the record).
+        **settings: :class:`~edged.offload.types.DispatcherConfig` fields that override ``config``'s
+            (``wcet_us=...``, ``max_batch=...``); an unknown one is a :class:`ConfigError`.
     """
 
-    def __init__(self, models: Mapping[str, Any], policies: Mapping[str, str], sink: Callable[[Dict[str, Any]], None],
+    def __init__(self, models: Mapping[str, ModelLike],
+                 config: Union[DispatcherConfig, Mapping[str, str], None] = None,
+                 sink: Optional[Callable[[Dict[str, Any]], None]] = None, *,
                  fog: Optional[FogBackend] = None, link: Optional[LinkEstimator] = None,
-                 wcet_us: Optional[Mapping[str, float]] = None, objective: str = "latency", local_workers: int = 1,
-                 max_local_queue: int = 256, fog_timeout_s: float = 1.0,
                  energy_fn: Optional[Callable[[float, float], Optional[float]]] = None,
-                 activity: Optional[Any] = None, power: Optional[Any] = None,
+                 activity: Optional[ActivityLike] = None, power: Optional[PowerLike] = None,
                  clock: Callable[[], float] = time.monotonic, breaker: Optional[CircuitBreaker] = None,
-                 local: Optional[LocalEstimator] = None, local_exec_us: Optional[Mapping[str, float]] = None,
-                 model_hashes: Optional[Mapping[str, str]] = None, probe_interval_s: float = 0.5,
-                 probe_pad_bytes: int = 4096, max_batch: int = 32,
+                 local: Optional[LocalEstimator] = None,
                  sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
                  on_results: Optional[Callable[[List[Dict[str, Any]], Sequence[Optional[Outputs]]], None]] = None,
-                 state: Optional[StateStore] = None,
-                 wcet_by_shape: Optional[Mapping[str, Mapping[str, float]]] = None,
-                 p50_by_shape: Optional[Mapping[str, Mapping[str, float]]] = None) -> None:
-        if objective not in ("latency", "energy"):
-            raise ConfigError(f"objective {objective!r}: expected latency or energy")
-        if local_workers < 1 or max_local_queue < 1:
-            raise ConfigError("local_workers and max_local_queue must be >= 1")
+                 state: Optional[StateStore] = None, **settings: Any) -> None:
+        if config is None:
+            config = DispatcherConfig()
+        elif not isinstance(config, DispatcherConfig):  # the policies alone
+            config = DispatcherConfig(policies=config)
+        if settings:
+            config = config.replace(**settings)
+        if sink is None:
+            raise ConfigError("a dispatcher needs a sink for its records")
+        self.config = cfg = config
         self.models = dict(models)
-        self.policies = {k: check_policy(v) for k, v in policies.items()}
-        self.default_policy = self.policies.get("*", "threshold")
+        self.policies = dict(cfg.policies)
+        self.default_policy = cfg.default_policy
         self.sink = sink
         self.fog = fog
         self.link = link or LinkEstimator(clock=clock)
-        self.wcet_us = dict(wcet_us or {})
-        self.objective = objective
-        self.max_local_queue = max_local_queue
-        self.max_batch = max(1, int(max_batch))
+        self.wcet_us = dict(cfg.wcet_us)
+        self.objective = cfg.objective
+        self.max_local_queue = cfg.max_local_queue
+        self.max_batch = cfg.max_batch
         self.sink_many = sink_many
         self._pending_us = 0.0  # local work decided in the current submit_many, not yet queued (router thread)
-        self.fog_timeout_s = fog_timeout_s
+        self.fog_timeout_s = cfg.fog_timeout_s
         self.energy_fn = energy_fn
         self.activity = activity
         self.power = power
         self.clock = clock
-        self.breaker = breaker or CircuitBreaker(probe_interval_s=probe_interval_s, clock=clock)
+        self.breaker = breaker or CircuitBreaker(probe_interval_s=cfg.probe_interval_s, clock=clock)
         seeds = dict(self.wcet_us)
-        seeds.update(local_exec_us or {})
+        seeds.update(cfg.local_exec_us)
         self.local = local or LocalEstimator(seeds)
-        self.probe_interval_s = probe_interval_s
-        self.probe_pad_bytes = probe_pad_bytes
+        self.probe_interval_s = cfg.probe_interval_s
+        self.probe_pad_bytes = cfg.probe_pad_bytes
         self.hashes: Dict[str, Optional[str]] = {}
         for name, m in self.models.items():
-            h = (model_hashes or {}).get(name)
+            h = cfg.model_hashes.get(name)
             if h is None:
                 h = getattr(m, "model_hash", None) or getattr(getattr(m, "entry", None), "model_hash", None)
             self.hashes[name] = h
@@ -185,8 +178,8 @@ class Dispatcher:
                         for n, e in self._entries.items()}
         self._dynamic = {n: e is not None and bool(e.is_dynamic) for n, e in self._entries.items()}
         self._stateful = {n: e is not None and bool(e.stateful) for n, e in self._entries.items()}
-        self.wcet_by_shape = {k: dict(v) for k, v in (wcet_by_shape or {}).items()}
-        self.p50_by_shape = {k: dict(v) for k, v in (p50_by_shape or {}).items()}
+        self.wcet_by_shape = {k: dict(v) for k, v in cfg.wcet_by_shape.items()}
+        self.p50_by_shape = {k: dict(v) for k, v in cfg.p50_by_shape.items()}
         self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
         self._reply_bytes: Dict[str, int] = {}
         self._cv = threading.Condition()
@@ -206,7 +199,7 @@ class Dispatcher:
         self.sink_failures = 0  # records the sink raised on: counted as lost, never as written
         self._seq = 0
         self._workers = [threading.Thread(target=self._worker, args=(i,), name=f"dispatch-local-{i}", daemon=True)
-                         for i in range(local_workers)]
+                         for i in range(cfg.local_workers)]
         for t in self._workers:
             t.start()
         self._prober: Optional[threading.Thread] = None
@@ -218,11 +211,11 @@ class Dispatcher:
     def policy_for(self, model: str) -> str:
         return self.policies.get(model, self.default_policy)
 
-    def submit(self, sample: Any) -> None:
+    def submit(self, sample: SampleLike) -> None:
         """Decide and start one input. May block while the local queue is full; never drops."""
         self.submit_many([sample])
 
-    def submit_many(self, samples: Sequence[Any]) -> None:
+    def submit_many(self, samples: Sequence[SampleLike]) -> None:
         """Decide and start several inputs (e.g. everything the router found queued).
 
         Each input is decided from its own numbers, in order; an input decided to run locally
