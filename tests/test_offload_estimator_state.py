@@ -171,6 +171,17 @@ def test_a_collapse_shows_within_one_round_trip_before_any_reply() -> None:
     assert not est.is_collapsed() and est.in_flight() == (0, 0)
 
 
+def test_bytes_sent_during_a_collapse_queue_at_the_collapsed_rate_once() -> None:
+    est, clock = learned(us_per_byte=0.1)
+    est.on_send("r", 10_000, "cnn", bytes_in=0)
+    clock.advance_us(25_000)  # overdue by 12 ms; at least 1.3 us/byte (see above)
+    for k in range(3):
+        est.on_send(k, 10_000, "cnn", bytes_in=0)
+    # 30 000 bytes queued at 1.3 us/byte (not at 1.3 and then scaled again), a new input's own bytes at 1.3
+    assert est.t_l_in_us(1000) == pytest.approx(1000 + 100 + 30_000 * 1.3 + 1000 * 1.2)
+    assert est.in_flight() == (4, 40_000)
+
+
 def test_a_timeout_keeps_the_link_slow_until_the_next_reply() -> None:
     est, clock = learned(us_per_byte=0.1)
     est.on_send("r", 10_000, "cnn", bytes_in=0)

@@ -83,6 +83,7 @@ class _Flight:
     t_f_us: float  # expected fog execution time
     expected_rtt_us: float  # expected round trip (send → reply), at send time
     fog_done_at: float = 0.0  # expected end of its fog execution (re-simulated on every reply)
+    unacked_before: int = 0  # this edge's request bytes unanswered when it was sent (at most this many ahead)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ class LinkEstimator:
         # this edge's own work in flight
         self._flights: OrderedDict[Hashable, _Flight] = OrderedDict()
         self._unacked_bytes = 0
-        self._link_free_at = 0.0  # when the uplink has sent every byte this edge queued (s)
+        self._q_bytes = 0.0  # this edge's bytes queued on the uplink at _q_at (drained at the current rate since)
+        self._q_at = 0.0
         self._own_fog_free_at = 0.0  # when the fog has run this edge's work, per worker (s)
         self._fog_report: Optional[Tuple[float, float]] = None  # (report time s, foreign queue µs)
         self._floor_us_per_byte = 0.0  # a timeout's lower bound on µs/byte, until the next reply
@@ -186,18 +188,17 @@ class LinkEstimator:
             est = self._estimates_locked(now)
             lat = est.latency_us or 0.0
             upb = self._us_per_byte_now(now, est)
-            backlog_us = self._link_backlog_us(now, est, upb, lateness=False)  # a stall's wait is not queued bytes
-            start = now + backlog_us / 1e6
-            self._link_free_at = start + bytes_out * upb / 1e6
-            arrive = self._link_free_at + lat / 1e6
+            ahead = self._queued_bytes(now, upb)
+            self._q_bytes, self._q_at = ahead + bytes_out, now
+            arrive = now + ((ahead + bytes_out) * upb + lat) / 1e6
             t_f = self._t_f_locked(model) if model is not None else None
             t_f = t_f if t_f is not None else 0.0
             fog_start = max(arrive, self._own_fog_free_at, arrive + self._foreign_queue_us(arrive) / 1e6)
             self._own_fog_free_at = fog_start + t_f / 1e6 / self.fog_workers
             done = fog_start + t_f / 1e6
             rtt = (done - now) * 1e6 + lat + bytes_in * upb
-            ahead = backlog_us / upb if upb > 0 else 0.0
-            self._flights[key] = _Flight(now, int(bytes_out), int(bytes_in), model, ahead, arrive, t_f, rtt, done)
+            self._flights[key] = _Flight(now, int(bytes_out), int(bytes_in), model, ahead, arrive, t_f, rtt, done,
+                                         unacked_before=self._unacked_bytes)
             self._unacked_bytes += int(bytes_out)
 
     def on_fail(self, key: Hashable, timed_out: bool = False) -> None:
@@ -259,6 +260,10 @@ class LinkEstimator:
             self._bump()
             if f is not None and key is not None:
                 self._drop_flight(key)
+                # it (and everything sent before it) left the uplink: at most the bytes sent after it are queued
+                after = sum(g.bytes_out for g in self._flights.values() if g.t_sent >= f.t_sent)
+                upb_now = self._us_per_byte_now(now, self._estimates_locked(now))
+                self._q_bytes, self._q_at = min(self._queued_bytes(now, upb_now), float(after)), now
                 lat_out = (self._fit[0] / 2.0 + self._fit[1] * bytes_in) if self._fit else 0.0
                 self._reanchor(now - lat_out / 1e6, f.t_sent)
             if fog_queue_est_us is not None:
@@ -361,7 +366,7 @@ class LinkEstimator:
         """µs per byte at least, given that ``f`` has not come back after ``now - f.t_sent``; 0 when ``f`` and
         the bytes ahead of it are fewer than :data:`BANDWIDTH_EVIDENCE_BYTES` (a small request that is late
         says the link is late, not how slow a byte is: its lateness counts as latency only)."""
-        nbytes = f.bytes_ahead + f.bytes_out + f.bytes_in
+        nbytes = max(f.bytes_ahead, f.unacked_before) + f.bytes_out + f.bytes_in
         if nbytes < BANDWIDTH_EVIDENCE_BYTES:
             return 0.0
         lat2 = 2.0 * (est.latency_us or 0.0)
@@ -391,14 +396,17 @@ class LinkEstimator:
             upb = max(upb, self._upb_bound(f, now, est))
         return upb
 
+    def _queued_bytes(self, now: float, upb: float) -> float:
+        """This edge's bytes still queued on the uplink: the queue at the last send, drained since at ``upb``."""
+        if upb <= 0.0:
+            return 0.0
+        return max(0.0, self._q_bytes - (now - self._q_at) * 1e6 / upb)
+
     def _link_backlog_us(self, now: float, est: LinkEstimates, upb: float, lateness: bool = True) -> float:
         """µs before a new input's first byte goes out: this edge's bytes queued ahead of it (at the
         collapsed rate while a collapse holds); with ``lateness``, while a request is overdue (or after a
         timeout) at least the time it is overdue (a stall delays everything behind it)."""
-        backlog = max(0.0, (self._link_free_at - now) * 1e6)
-        fitted = est.us_per_byte or 0.0
-        if upb > fitted > 0.0:
-            backlog *= upb / fitted
+        backlog = self._queued_bytes(now, upb) * upb
         if not lateness:
             return backlog
         overdue, _ = self._overdue(now)
