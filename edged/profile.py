@@ -812,14 +812,15 @@ def add_layer_profiles(cat: Catalogue, results: List[Dict[str, Any]], args: argp
     return texts
 
 
-def measure_energy(cat: Catalogue, results: Sequence[Dict[str, Any]], kind: str,
+def measure_energy(cat: Catalogue, results: Sequence[Dict[str, Any]], kind: Any,
                    progress: Callable[[str], None], seconds: float = 1.0) -> Dict[str, float]:
     """``model/backend/threads`` -> mJ per inference: run each model back to back for ``seconds`` while
     reading the power source every 50 ms; mean board power (W) x wall time / runs. The board's idle
-    power is included (what a battery pays). {} when the source reports no total power."""
+    power is included (what a battery pays). {} when the source reports no total power. ``kind``: a
+    power source name (``--power``) or a :class:`~edged.power.base.PowerSource`."""
     from edged.power.base import make_power_source
 
-    src = make_power_source(kind)
+    src = make_power_source(kind) if isinstance(kind, str) else kind
     src.open()
     out: Dict[str, float] = {}
     try:

@@ -78,3 +78,25 @@ def test_bad_files_are_named(tmp_path):
         load_export(bad)
     proc = run_edged(["compare", str(tmp_path / "missing.json")])
     assert proc.returncode == 1 and "cannot read" in proc.stderr and "missing.json" in proc.stderr
+
+
+def test_energy_per_inference_from_a_power_sensor_and_the_energy_objective(exports, tmp_path, catalogue):
+    """A fake INA219 hwmon tree (3.0988 W) measures energy per inference; that export wins on energy."""
+    from edged.compare import write_export
+    from edged.power.hwmon import HwmonSource
+    from edged.profile import device_fingerprint, measure_energy, run_profile
+    from tests.fakes.sysfs import ina219_hwmon
+
+    ina219_hwmon(str(tmp_path / "hwmon"))
+    results = run_profile(catalogue, ["mlp"], ["onnx"], [1], repeats=1, warmup=2, max_inputs=10)
+    energy = measure_energy(catalogue, results, HwmonSource(root=str(tmp_path / "hwmon")), lambda _m: None,
+                            seconds=0.2)
+    mj = energy["mlp/onnx/1"]
+    per_inference_ms = mj / 3.0988  # mJ / W = ms of wall time per inference, at least the latency
+    assert results[0]["p50_us"] / 1e3 * 0.5 <= per_inference_ms <= 50.0
+    p = write_export(tmp_path / "powered.json", device_fingerprint(), results, label="powered", energy_mj=energy)
+    e = load_export(p)
+    assert e["power_measured"] and e["rows"][0]["energy_mj"] == mj
+    es = [load_export(exports[0]), e]
+    table = compare(es, device_names(es, [exports[0], p]), "energy")
+    assert table["best"]["mlp"]["device"] == "powered" and table["best"]["mlp"]["value"] == mj
