@@ -175,3 +175,21 @@ def test_a_burst_behind_a_busy_worker_is_queued_not_run_inline(mlp: Any) -> None
     by_seq = {r["seq"]: r for r in records}
     assert by_seq[0]["thread"] == t.name
     assert all(by_seq[i]["thread"].startswith("dispatch-local") for i in range(1, 6))
+
+
+def test_a_serial_chunk_reaches_a_batch_sink_in_order_around_bad_lines() -> None:
+    from edged.sources.serial import SerialSource
+
+    rows = mlp_rows(6)
+
+    def line(i: int) -> bytes:
+        return ("mlp:" + ",".join(f"{v:.6g}" for v in rows[i]) + "\n").encode()
+
+    src = SerialSource(SPECS, url="loop://", framing="lines")
+    sink = ManySink()
+    chunk = line(0) + line(1) + b"mlp:1,2,3\n" + line(2) + line(3) + line(4) + b"mlp:" + b",".join([b"nan"] * 30) + b"\n"
+    src.feed(chunk + line(5), sink)
+    assert sink.calls == [("many", [0, 1]), ("many", [2, 3, 4]), ("one", [5])]
+    assert np.allclose(np.stack([s.array for s in sink.samples]), rows, atol=1e-5)
+    snap = src.stats.snapshot()
+    assert snap["accepted"] == 6 and snap["rejected"] == {"non_finite": 1, "wrong_size": 1}

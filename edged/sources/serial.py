@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Union
 
 from edged.errors import SourceError, describe_os_error
-from edged.sources.base import Sink, Source
+from edged.sources.base import Sink, Source, batch_sink
 from edged.sources.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     CobsDeframer,
@@ -225,13 +225,17 @@ class SerialSource(Source):
             self.reject_unexpected(exc)
             self.stats.count_garbage(dropped)
             return
+        many = batch_sink(sink)
+        ready: List[Sample] = []  # frames of this chunk, handed over together (in order) to a BatchSink
         for segment, err in segments:
             if err is not None:
+                self.deliver_many(ready, sink, many)  # the frames before a refused one are recorded first
                 self.reject_error(err, garbage_bytes=err.nbytes)
                 continue
             try:
                 sample = self._parse(segment)
             except FrameError as err2:
+                self.deliver_many(ready, sink, many)
                 garbage = len(segment) if err2.reason in _GARBAGE_REASONS else 0
                 model = None
                 if err2.header is None and self.framing == "lines":
@@ -239,13 +243,18 @@ class SerialSource(Source):
                 self.reject_error(err2, model=model, garbage_bytes=garbage)
                 continue
             except Exception as exc:
+                self.deliver_many(ready, sink, many)
                 self.reject_unexpected(exc)
+                continue
+            if many is not None:
+                ready.append(sample)
                 continue
             try:
                 self.deliver(sample, sink)
             except Exception as exc:
                 self.stats.count_error()
                 self._log_traceback(f"sink failed for one sample ({type(exc).__name__})", exc)
+        self.deliver_many(ready, sink, many)
 
     def _parse(self, segment: bytes) -> Sample:
         if self.framing == "cobs":
