@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("onnx")
 
 from edged.models import Catalogue  # noqa: E402
-from edged.offload.fog_client import FogRefused, ZmqFogBackend  # noqa: E402
+from edged.offload.fog_client import FogError, FogRefused, ZmqFogBackend  # noqa: E402
 from edged.partition.split import PartitionedModel  # noqa: E402
 from tests.test_offload_fog import FogProcess  # noqa: E402
 
@@ -78,6 +78,8 @@ def test_wrong_tail_hash_and_unknown_cut_are_refused(fog, edge):
             client.submit(MODEL, mid, entry.model_hash, 10.0, cut=("h1", c.tail_hash)).result(15)
         with pytest.raises(FogRefused, match="hash mismatch: edge has nope"):  # the model hash is checked first
             client.submit(MODEL, mid, "nope", 10.0, cut=("p1", c.tail_hash)).result(15)
+        with pytest.raises(FogError, match=r"cut 'p1': the intermediate tensor has shape \[1, 8, 16, 15\]"):
+            client.submit(MODEL, mid[:, :, :15], entry.model_hash, 10.0, cut=("p1", c.tail_hash)).result(15)
         # after the refusals the same connection still serves a right request
         reply = client.submit(MODEL, mid, entry.model_hash, 10.0, cut=("p1", c.tail_hash)).result(15)
         assert reply.outputs.shape == (10,)
@@ -99,3 +101,32 @@ def test_without_cuts_flag_tails_are_built_on_the_first_cut_request(edge):
     finally:
         client.close()
         assert f.stop() == 0
+
+
+def test_a_malformed_cut_header_is_an_error_reply_and_costs_nothing(fog, edge):
+    import zmq
+
+    from edged.offload.protocol import array_to_frames, decode_header
+
+    entry, pm, x, _ = edge
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 10_000)
+    s.connect(fog.endpoint)
+    try:
+        mid = pm.head("p1", x[0])[0]
+        for bad in ("p1", {"name": "p1"}, {"name": 3, "hash": "x"}):
+            s.send_multipart(array_to_frames({"v": 1, "id": "r", "kind": "infer", "model": MODEL,
+                                              "model_hash": entry.model_hash, "cut": bad}, mid))
+            h = decode_header(s.recv_multipart()[0])
+            assert h["status"] == "error" and "'cut' must be an object" in h["error"], h
+        c = pm.cut("p1")
+        s.send_multipart(array_to_frames({"v": 1, "id": "ok", "kind": "infer", "model": MODEL,
+                                          "model_hash": entry.model_hash, "cut": {"name": "p1", "hash": c.tail_hash}},
+                                         mid))
+        h = decode_header(s.recv_multipart()[0])
+        assert h["status"] == "ok" and h["cut"] == "p1" and h["shape"] == [10]
+    finally:
+        s.close()
+        ctx.term()
