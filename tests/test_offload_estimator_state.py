@@ -270,3 +270,20 @@ def test_probes_are_wanted_when_the_fit_cannot_tell_latency_from_bandwidth() -> 
     assert not est.wants_probe()
     clock.advance_us(2_000_000)
     assert est.wants_probe()  # stale
+
+
+def test_a_change_resets_the_dispersion_and_asks_for_probes_until_confirmed() -> None:
+    est, clock = learned()
+    for n, j in zip([400, 8600] * 8, [300_000, 300_000, -300_000, -300_000] * 4):  # a wild link: big dispersion
+        est.observe_round_trip(n // 2, n // 2, 2000 + n + 400_000 + j + 10_000, t_f_us=10_000, model="cnn")
+    clock.advance_us(300_000)
+    assert (est.transfer_dev_us() or 0) > 100_000
+    changes = est.changes  # one: 2 ms -> 400 ms
+    est.on_send("p", 0)
+    est.observe_round_trip(0, 0, 2000, key="p")  # a probe: the link is quick now, far below the fit
+    clock.advance_us(300_000)
+    assert est.wants_probe()  # one far-off round trip: ask again to confirm
+    for n in (4096, 0):
+        est.observe_round_trip(n, n, 2000 + 2 * n)
+    assert est.changes == changes + 1
+    assert (est.transfer_dev_us() or 0) < 1000  # the old link's jitter is forgotten with it

@@ -448,7 +448,9 @@ class LinkEstimator:
             self._link = deque(recent, maxlen=self.window)
             self._dirty = True
             self.changes += 1
-            self._fit_line()
+            fit = self._fit_line()
+            if fit is not None:  # the old link's dispersion says nothing about the new one
+                self._transfer_dev = sum(abs(t - fit[0] - fit[1] * b) for _, b, t in recent) / len(recent)
 
     def _fit_line(self) -> Optional[Tuple[float, float]]:
         if not self._dirty:
@@ -587,8 +589,9 @@ class LinkEstimator:
     def wants_probe(self, min_interval_s: float = 0.25) -> bool:
         """True when a probe (a small and a padded ping) would teach something: the estimate is stale; or,
         at most every ``min_interval_s``, a request is overdue, the link changed since the last probe, or
-        the recent round trips all had about one size (the fit cannot tell latency from bandwidth: a
-        burst of equal big inputs on a collapsed link reads as a huge latency for small inputs)."""
+        the newest round trip is far off the fit (a change under way: three such confirm it), or the recent
+        round trips all had about one size (the fit cannot tell latency from bandwidth: a burst of equal
+        big inputs on a collapsed link reads as a huge latency for small inputs)."""
         if self.is_stale():
             return True
         now = self._clock()
@@ -599,6 +602,12 @@ class LinkEstimator:
                 return True
             if self.changes != self._changes_at_probe:
                 return True
+            if self._link and self._fit is not None:  # the newest round trip is far off the fit: a change?
+                _, b, t = self._link[-1]
+                pred = self._fit[0] + self._fit[1] * b
+                ratio = t / max(pred, 1.0)
+                if abs(t - pred) >= 500.0 and (ratio > self.change_ratio or ratio < 1.0 / self.change_ratio):
+                    return True
             recent = [b for _, b, _ in list(self._link)[-8:]]
             return len(recent) >= 3 and max(recent) - min(recent) <= 64.0
 
