@@ -19,6 +19,7 @@ from edged.offload.policy import (
     decide_batch,
     inputs_from_record,
     parse_risk,
+    start_order,
 )
 
 BASE = DecisionInputs(wcet_us=800, local_exec_us=700, local_queue_us=0, t_l_in_us=300, t_l_out_us=100,
@@ -88,18 +89,21 @@ H2 = DecisionInputs(local_exec_us=10_000, t_l_in_us=1000, t_l_tx_us=500, t_f_us=
 JOINT: List[Tuple[List[DecisionInputs], List[str], List[Tuple[float, float, float, float, float]]]] = [
     # The issue's burst: alone the heavy input stays local (10 000 <= 11 500) and the small ones wait behind it.
     # Together: offload it (done at 11 500) and run the small ones at 1000, 2000, 3000: 17 500 in all, against
-    # 24 400 for greedy (heavy local, the three small ones offloaded behind each other on the fog).
+    # 24 400 for greedy (heavy local, the three small ones offloaded behind each other on the fog). Shortest
+    # first: run here, the heavy one would start after the small ones (3000). A small one offloaded goes first
+    # on the uplink and the fog (done 4400; the heavy one 100 us later) and frees the local worker for the
+    # others: 1900 (first) or 900 (second) less for them; the last one delays only the heavy one (100).
     ([HEAVY, SMALL, SMALL, SMALL], ["offload", "local", "local", "local"],
-     [(0, 3000, 0, 30_000, 0), (0, 4500, 6500, 2000, 0), (1000, 4500, 6500, 1000, 0), (2000, 4500, 6500, 0, 0)]),
+     [(3000, 3000, 0, 0, 0), (0, 2000, 0, 1900, 0), (1000, 2000, 0, 900, 0), (2000, 2000, 0, 0, 100)]),
     # Two heavy inputs: the second sees the fog busy with the first (t_l_in 1500 behind its 500 us of bytes,
     # fog queue 8000 - 1500), so it runs here: 9000 + 10 000 instead of 9000 + 16 000.
     ([H2, H2], ["offload", "local"], [(0, 1000, 0, 10_000, 0), (0, 1500, 6500, 0, 0)]),
     # One input: the same as decide() alone, joint costs 0.
     ([HEAVY], ["local"], [(0, 3000, 0, 0, 0)]),
-    # A local backlog of 9000 before the batch: the heavy input goes (19 000 here, and 10 000 more for the small
-    # one behind it); the small one still runs here, after the backlog (10 000), not behind the heavy on the fog.
-    ([replace(HEAVY, local_queue_us=9000), replace(SMALL, local_queue_us=9000)], ["offload", "local"],
-     [(9000, 3000, 0, 10_000, 0), (9000, 4500, 6500, 0, 0)]),
+    # A local backlog of 9000 before the batch: both go; the small one first on the uplink and the fog (4400),
+    # the heavy one 100 us later behind its bytes (11 600): 16 000, against 21 500 with the small one local.
+    ([replace(HEAVY, local_queue_us=9000), replace(SMALL, local_queue_us=9000)], ["offload", "offload"],
+     [(9000, 3100, 0, 0, 0), (9000, 2000, 0, 0, 100)]),
 ]
 
 
@@ -119,8 +123,14 @@ def test_the_issues_burst_greedy_against_joint() -> None:
     batch = [HEAVY, SMALL, SMALL, SMALL]
     assert decide("adaptive", HEAVY).reason == "expected local 10000us <= offload 11500us"  # alone
     joint = decide_batch("adaptive", batch)
-    assert "offload 11500us < local 40000us" in joint[0][1].reason
-    assert "on the others 0us/30000us" in joint[0][1].reason
+    assert joint[0][1].reason == "expected offload 11500us < local 13000us"  # behind the small ones, shortest first
+    assert [d.decision for _, d in joint] == ["offload", "local", "local", "local"]
+
+
+def test_start_order_is_shortest_first_per_resource() -> None:
+    batch = [HEAVY, SMALL, replace(SMALL, local_exec_us=500), H2]
+    assert start_order(batch, [True, True, False, False]) == [1, 0, 2, 3]
+    assert start_order(batch, [False, False, False, False]) == [2, 1, 0, 3]  # ties (10 000) in arrival order
 
 
 def _record(i: DecisionInputs, policy: str) -> Dict[str, Any]:
@@ -191,7 +201,7 @@ def test_fog_down_or_unknown_estimates_force_the_path() -> None:
                                     replace(SMALL, local_exec_us=None)])
     assert [d.decision for _, d in out] == ["local", "local", "offload"]
     assert out[0][1].reason == "fog down" and "no link estimate" in out[1][1].reason
-    assert out[1][0].local_queue_us == 10_000  # behind the first
+    assert (out[0][0].local_queue_us, out[1][0].local_queue_us) == (1000, 0)  # the shorter one first
 
 
 def test_other_policies_and_energy_decide_alone_with_the_local_queue_growing() -> None:

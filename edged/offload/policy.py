@@ -41,7 +41,8 @@ Policies (``POLICIES``):
 ``decide_batch(policy, inputs)``
     decides the inputs that are waiting *together*: a list schedule over two
     resources, the local worker and the link + fog, that minimises their total
-    (optionally makespan-weighted) risk-adjusted completion time. It returns,
+    (optionally makespan-weighted) risk-adjusted completion time, each resource
+    taking its inputs shortest first (:func:`start_order`). It returns,
     per input, the numbers as the schedule saw them (local queue including the
     batch's earlier local inputs, T_L including the batch's earlier offloads on
     the uplink, fog queue including their fog work, and the joint costs) and
@@ -285,6 +286,22 @@ class _Plan:
     done_us: float = 0.0
 
 
+_PLAN0 = _Plan()
+
+
+def start_order(batch: Sequence[DecisionInputs], offload: Sequence[bool]) -> List[int]:
+    """The order in which to start a jointly decided batch: shortest first on each resource (offloads by
+    uplink + fog time, local inputs by execution time; ties in arrival order), so a heavy input never
+    holds up the light ones decided with it. The dispatcher sends / enqueues in this order."""
+    def key(n: int) -> Tuple[int, float, int]:
+        i = batch[n]
+        if offload[n]:
+            return 0, (i.t_l_tx_us or 0.0) + (i.t_f_us or 0.0), n
+        exec_us = i.local_exec_us if i.local_exec_us is not None else (i.wcet_us or 0.0)
+        return 1, exec_us, n
+    return sorted(range(len(batch)), key=key)
+
+
 def _choices(i: DecisionInputs) -> Tuple[bool, bool]:
     """(may run local, may offload) in a joint plan: what adaptive could choose at all."""
     can_off = i.fog_up and _expected_offload(i) is not None
@@ -294,8 +311,9 @@ def _choices(i: DecisionInputs) -> Tuple[bool, bool]:
 
 def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: Tuple[float, float, float],
               makespan_weight: float) -> Tuple[float, List[float], List[_Plan], Tuple[float, float, float]]:
-    """List-schedule ``batch`` in order on the local worker and on uplink → fog, each input where
-    ``offload`` says. ``start`` = (local worker free, uplink busy extra, fog free), µs from now.
+    """List-schedule ``batch`` on the local worker and on uplink → fog, each input where ``offload`` says,
+    each resource in :func:`start_order` (shortest first). ``start`` = (local worker free, uplink busy
+    extra, fog free), µs from now.
 
     Returns (objective, per-input risk-adjusted completion, per-input plan, end state). The objective is the
     sum of the risk-adjusted completion times + ``makespan_weight`` × the latest completion.
@@ -303,9 +321,10 @@ def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: T
     local_free, link_extra, fog_free = start
     total = 0.0
     latest = 0.0
-    costs: List[float] = []
-    plans: List[_Plan] = []
-    for i, off in zip(batch, offload):
+    costs: List[float] = [0.0] * len(batch)
+    plans: List[_Plan] = [_PLAN0] * len(batch)
+    for n in start_order(batch, offload):
+        i, off = batch[n], offload[n]
         k = max(0.0, i.risk_k)
         if off:
             arrive = (i.t_l_in_us or 0.0) + link_extra
@@ -315,15 +334,15 @@ def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: T
             fog_free = fog_start + (i.t_f_us or 0.0)
             done = fog_free + (i.t_l_out_us or 0.0)
             cost = done + k * _dev_offload(i)
-            plans.append(_Plan(i.local_queue_us, arrive, fog_start - arrive, done))
+            plans[n] = _Plan(i.local_queue_us, arrive, fog_start - arrive, done)
         else:
             exec_us = i.local_exec_us if i.local_exec_us is not None else (i.wcet_us or 0.0)
             begin = max(i.local_queue_us, local_free)
             local_free = begin + exec_us
             done = local_free
             cost = done + k * _dev_local(i)
-            plans.append(_Plan(begin, i.t_l_in_us or 0.0, i.fog_queue_us or 0.0, done))
-        costs.append(cost)
+            plans[n] = _Plan(begin, i.t_l_in_us or 0.0, i.fog_queue_us or 0.0, done)
+        costs[n] = cost
         total += cost
         latest = max(latest, done)
     return total + makespan_weight * latest, costs, plans, (local_free, link_extra, fog_free)
@@ -331,10 +350,11 @@ def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: T
 
 def _plan_window(batch: Sequence[DecisionInputs], start: Tuple[float, float, float],
                  makespan_weight: float) -> List[bool]:
-    """The offload choices of one window. Three starts: list scheduling (each input, in order, where it
-    completes first), everything local, everything offloaded (where allowed); from each, single changes
-    while one lowers the objective; the best local optimum wins (ties: the earlier start). Exact for two
-    inputs; the all-local start finds "send the heavy one, keep the small ones" that greedy misses."""
+    """The offload choices of one window. Four starts: list scheduling (each input, in order, where it
+    completes first), each input decided alone (as without a joint plan), everything local, everything
+    offloaded (where allowed); from each, single changes while one lowers the objective; the best local
+    optimum wins (ties: the earlier start). So it is never worse than deciding one by one; the all-local
+    start finds "send the heavy one, keep the small ones" that greedy misses."""
     allowed = [_choices(i) for i in batch]
     greedy: List[bool] = []
     state = start
@@ -347,7 +367,14 @@ def _plan_window(batch: Sequence[DecisionInputs], start: Tuple[float, float, flo
             choice = can_off
         greedy.append(choice)
         state = _simulate([i], [choice], state, 0.0)[3]
-    starts = [greedy, [not can_local for can_local, _ in allowed], [can_off for _, can_off in allowed]]
+    alone: List[bool] = []  # each decided alone, the local queue growing with the local ones (no joint plan)
+    extra = 0.0
+    for i in batch:
+        d = decide("adaptive", replace(i, local_queue_us=i.local_queue_us + extra))
+        alone.append(d.decision == "offload")
+        if not alone[-1]:
+            extra += (i.local_exec_us if i.local_exec_us is not None else i.wcet_us) or 0.0
+    starts = [greedy, alone, [not can_local for can_local, _ in allowed], [can_off for _, can_off in allowed]]
     best_assign: List[bool] = greedy
     best_obj = float("inf")
     for assign in starts:
@@ -414,15 +441,14 @@ def decide_batch(policy: str, inputs: Sequence[DecisionInputs],
         actual: List[bool] = []
         for n, i in enumerate(window):
             costs: List[float] = []
+            seen_plans: List[_Plan] = []
             for choice in (False, True):
                 trial = actual + [choice] + assign[n + 1:]
-                obj, per, _, _ = _simulate(window, trial, state, makespan_weight)
+                obj, per, plans, _ = _simulate(window, trial, state, makespan_weight)
                 costs.append(obj - per[n])  # what the others (and the makespan term) cost with this choice
+                seen_plans.append(plans[n])
             floor = min(costs)
-            _, _, plans, _ = _simulate(window, actual + [True], state, makespan_weight)
-            off_plan = plans[n]
-            _, _, plans, _ = _simulate(window, actual + [False], state, makespan_weight)
-            loc_plan = plans[n]
+            loc_plan, off_plan = seen_plans
             seen = replace(
                 i, local_queue_us=_r1(loc_plan.local_queue_us),
                 t_l_in_us=None if i.t_l_in_us is None else _r1(off_plan.t_l_in_us),
