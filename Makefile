@@ -5,6 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 LEGACY ?= .venv-legacy
 OIP    ?= .venv-oip
+TRITON ?= .venv-triton
 PYTEST_ARGS ?=
 
 .PHONY: help run test test-legacy test-oip test-arm64 test-systemd venv lint bench models install-service clean
@@ -48,8 +49,19 @@ $(OIP)/.stamp: setup.cfg pyproject.toml
 	$(OIP)/bin/python -m pip --disable-pip-version-check -q install -e '.[test,oip-test]'
 	touch $@
 
-test-oip: $(OIP)/.stamp  ## the OIP fog back end against real MLServer and KServe servers (own venv .venv-oip)
+# PyTriton (a CPU tritonserver in a wheel) pins numpy 1.26 and protobuf 6: a third venv. Optional: where its wheel
+# does not install, the Triton test skips. ~20 s cold.
+$(TRITON)/.stamp: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip --disable-pip-version-check -q install -U pip setuptools wheel
+	$(TRITON)/bin/python -m pip --disable-pip-version-check -q install -e '.[test]'
+	-$(TRITON)/bin/python -m pip --disable-pip-version-check -q install -e '.[test,oip-triton]' \
+		|| echo "note: nvidia-pytriton did not install here; the Triton test will skip"
+	touch $@
+
+test-oip: $(OIP)/.stamp $(TRITON)/.stamp  ## the OIP fog back end against real MLServer, KServe and Triton servers (own venvs)
 	$(OIP)/bin/python -m pytest -q -p no:cacheprovider tests/test_oip_*.py $(PYTEST_ARGS)
+	$(TRITON)/bin/python -m pytest -q -p no:cacheprovider tests/test_oip_triton.py $(PYTEST_ARGS)
 
 test-arm64:  ## the suite on an arm64 Pi OS-like userspace (Bookworm, qemu, Pi 4 cpuinfo) + daemon RSS (root)
 	tests/platform/arm64.sh
@@ -73,4 +85,4 @@ install-service:  ## install edged as a systemd service on this device (sudo)
 	sudo hw/install.sh
 
 clean:
-	rm -rf $(VENV) $(LEGACY) $(OIP) .venv-train build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LEGACY) $(OIP) $(TRITON) .venv-train build *.egg-info .pytest_cache .mypy_cache .ruff_cache

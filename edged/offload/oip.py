@@ -611,8 +611,9 @@ class OipFogBackend(FogBackend):
             first = m.first_output if m.first_output in outputs else next(iter(outputs))
             out = outputs[first]
             result = out[0] if out.ndim and out.shape[0] == 1 else out
-        reply = OipReply(outputs=result, t_f_us=round(t_f_us, 1), queue_us=0.0, rtt_us=rtt_us, bytes_out=bytes_out,
-                         bytes_in=bytes_in, t_f_source=source, model_version=resp.version, node=self.node)
+        reply = OipReply(outputs=result, t_f_us=min(round(t_f_us, 1), rtt_us), queue_us=0.0, rtt_us=rtt_us,
+                         bytes_out=bytes_out, bytes_in=bytes_in, t_f_source=source, model_version=resp.version,
+                         node=self.node)
         if self._settle.result(fut, reply):
             self.counts["ok"] += 1
 
