@@ -284,6 +284,29 @@ def test_rest_backend_unreachable_node_fails_fast_with_unavailable() -> None:
         fog.submit("mlp", np.zeros(30, np.float32), None, 1.0).result(1)
 
 
+def test_rest_backend_silent_node_times_out_by_the_deadline() -> None:
+    """A node that accepts the connection and never answers: the request fails FogTimeout (the dispatcher runs
+    it locally); close() fails whatever is still waiting with FogUnavailable."""
+    import socket
+
+    from edged.offload.fog_client import FogTimeout, FogUnavailable
+    from edged.offload.oip import OipFogBackend
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody reads or answers
+        fog = OipFogBackend(f"http://127.0.0.1:{silent.getsockname()[1]}", protocol="rest", rest_workers=2)
+        try:
+            with pytest.raises(FogTimeout, match="within 0.100s"):
+                fog.submit("mlp", np.zeros(30, np.float32), "a" * 64, 0.1).result(10)
+            waiting = [fog.submit("mlp", np.zeros(30, np.float32), "a" * 64, 30.0) for _ in range(4)]
+        finally:
+            fog.close()
+        for f in waiting:
+            with pytest.raises(FogUnavailable, match="closed"):
+                f.result(10)
+
+
 # ---- export-fog ----------------------------------------------------------------------------------
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()

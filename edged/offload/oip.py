@@ -50,16 +50,18 @@ skips: the same bytes on the link as the ZeroMQ fog's padded ping (padding each 
 
 from __future__ import annotations
 
+import heapq
 import http.client
 import itertools
 import logging
 import math
+import socket
 import ssl
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -158,6 +160,42 @@ class _Settler:
             return True
 
 
+class _Reaper:
+    """One thread that fails REST requests at their deadline (a blocked socket read may outlast it), so every
+    future resolves by its deadline whatever the connection does."""
+
+    def __init__(self, fail: Callable[[Future[Any], FogFailure], None]) -> None:
+        self._fail = fail
+        self._heap: List[Tuple[float, int, Future[Any], FogFailure]] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="fog-oip-deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, deadline: float, fut: Future[Any], exc: FogFailure) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._seq), fut, exc))
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cv.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
+                if self._stopped:
+                    return
+                _, _, fut, exc = heapq.heappop(self._heap)
+            if not fut.done():
+                self._fail(fut, exc)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(2.0)
+
+
 def _read_pem(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -236,6 +274,7 @@ class OipFogBackend(FogBackend):
         self._calls: Dict[str, Any] = {}
         self._pool: Optional[ThreadPoolExecutor] = None
         self._local = threading.local()
+        self._conns: set = set()  # every REST connection, so close() can break a read blocked on a silent node
         self._ssl: Optional[ssl.SSLContext] = None
         self._tls_server_name = tls_server_name
         if target.protocol == "grpc":
@@ -244,6 +283,7 @@ class OipFogBackend(FogBackend):
             if target.tls:
                 self._ssl = ssl.create_default_context(cafile=tls_ca_file or None)
             self._pool = ThreadPoolExecutor(max_workers=max(1, rest_workers), thread_name_prefix="fog-oip-rest")
+            self._reaper = _Reaper(self._fail)
 
     @classmethod
     def from_config(cls, fc: Any) -> OipFogBackend:
@@ -522,13 +562,10 @@ class OipFogBackend(FogBackend):
             with self._lock:
                 self._pending[rid] = (fut, None)
             deadline = time.monotonic() + t
-            timer = threading.Timer(t, lambda: self._expire_rest(rid, fut, m, t))
-            timer.daemon = True
-            timer.start()
+            self._reaper.add(deadline, fut, FogTimeout(f"no reply from {self.node} within {t:.3f}s"))
             try:
-                self._pool.submit(self._rest_infer, rid, fut, body, meta, deadline, timer)
+                self._pool.submit(self._rest_infer, rid, fut, body, meta, deadline)
             except RuntimeError:  # the pool is shut down: closed
-                timer.cancel()
                 self._fail(fut, FogUnavailable(f"OIP fog client for {self.node} is closed"))
         return fut
 
@@ -635,6 +672,8 @@ class OipFogBackend(FogBackend):
             else:
                 conn = http.client.HTTPConnection(self.target.host, self.target.port, timeout=timeout_s)
             self._local.conn = conn
+            with self._lock:
+                self._conns.add(conn)
         conn.timeout = timeout_s
         if conn.sock is not None:
             conn.sock.settimeout(timeout_s)
@@ -644,6 +683,8 @@ class OipFogBackend(FogBackend):
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
+            with self._lock:
+                self._conns.discard(conn)
             conn.close()
 
     def _rest_request(self, method: str, path: str, body: Optional[bytes], timeout_s: float) -> Tuple[int, bytes]:
@@ -675,8 +716,7 @@ class OipFogBackend(FogBackend):
             path += f"/versions/{quote(m.remote_version, safe='')}"
         return path + suffix
 
-    def _rest_infer(self, rid: int, fut: Future[Any], body: bytes, meta: Dict[str, Any], deadline: float,
-                    timer: threading.Timer) -> None:
+    def _rest_infer(self, rid: int, fut: Future[Any], body: bytes, meta: Dict[str, Any], deadline: float) -> None:
         m: _Model = meta["m"]
         try:
             remaining = deadline - time.monotonic()
@@ -708,14 +748,8 @@ class OipFogBackend(FogBackend):
         except Exception as exc:  # noqa: BLE001 - one request fails alone
             self._fail(fut, FogError(f"malformed reply from {self.node}: {type(exc).__name__}: {exc}"[:400]))
         finally:
-            timer.cancel()
             with self._lock:
                 self._pending.pop(rid, None)
-
-    def _expire_rest(self, rid: int, fut: Future[Any], m: _Model, timeout_s: float) -> None:
-        with self._lock:
-            self._pending.pop(rid, None)
-        self._fail(fut, FogTimeout(f"no reply from {self.node} within {timeout_s:.3f}s"))
 
     # ---- probes ----------------------------------------------------------------------------------
     def _model_ready(self, m: _Model, timeout_s: float) -> bool:
@@ -754,8 +788,7 @@ class OipFogBackend(FogBackend):
                 raise FogTimeout(f"probe: no reply from {self.node} within {timeout_s:.3f}s") from None
             raise FogUnavailable(f"probe: {self.node}: {type(exc).__name__}: {exc}"[:300]) from None
         finally:
-            if threading.current_thread().name.startswith("fog-oip-rest") is False:
-                self._rest_drop()  # probe threads are not pool threads: keep no connection on them
+            self._rest_drop()  # a probe's connection is its own: the next probe finds out afresh
         if status != 200:
             raise FogUnavailable(f"probe: {self.node} answered HTTP {status} to /v2/health/ready")
         return (time.perf_counter() - t0) * 1e6, 120, 120 + len(data)
@@ -837,6 +870,16 @@ class OipFogBackend(FogBackend):
             self._channel.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._reaper.stop()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:  # a pool thread blocked reading a silent node wakes up now, not at its socket timeout
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._rest_drop()
 
 
