@@ -24,9 +24,9 @@ schedule, ``--repeats`` times. References:
 * ``oracle`` (stitched): per input, the better of its latency in the ``local`` and the ``offload`` pass;
 * ``offline``: a schedule made knowing everything: each input's local cost and fog time (the smallest
   measured for it in any pass: edge and fog share this host), the link's settings (latency, bandwidth,
-  stalls; jitter at its mean), list-scheduled on three resources (local worker, uplink, fog; what arrived together shortest first) with
-  assignments searched per window of 12 inputs, then by single changes over the whole stream (bursts can
-  be split). A model-based reference, not a proof of optimality;
+  stalls; jitter at its mean), list-scheduled on three resources (local worker, uplink, fog; what arrived
+  together shortest first) with assignments searched per window of 12 inputs, then by single changes over
+  the whole stream (bursts can be split). A model-based reference, not a proof of optimality;
 * ``bound0``: the strict lower bound, each input at min(local cost, offload cost) with no queueing at all.
 
 Latency is arrival → result. Targets (issue 14, every repeat): adaptive total <= threshold, <= local,
@@ -700,8 +700,8 @@ def main() -> int:
                       "references": {
                           "oracle": "per input min(latency in the local pass, latency in the offload pass)",
                           "offline": "list schedule on local worker, uplink and fog with each input's best "
-                                     "measured costs and the link's settings, searched per window of 12 then by single changes over the "
-                                     "whole stream (model-based, not a proof)",
+                                     "measured costs and the link's settings, searched per window of 12 then by "
+                                     "single changes over the whole stream (model-based, not a proof)",
                           "bound0": "sum over inputs of min(local cost, offload cost), no queueing: a strict "
                                     "lower bound"}},
             "local_profile_us": prof,
