@@ -48,9 +48,20 @@ def _num(v: Any) -> Optional[float]:
     return float(f"{f:.{DIGITS}g}")
 
 
+_SCALE = 10.0 ** DIGITS
+_floor = math.floor
+
+
+def _round_score(f: float) -> float:
+    """``f`` (finite) to :data:`DIGITS` decimals, half up: the double nearest ``k / 10**DIGITS``, which JSON
+    prints as exactly those digits. Four float operations instead of ``round``'s decimal conversion (~3x
+    faster); it can differ from ``round`` only on a value within one ulp of a half-way point."""
+    return _floor(f * _SCALE + 0.5) / _SCALE
+
+
 def _score(f: float) -> Optional[float]:
     """A probability for JSON: rounded to :data:`DIGITS` decimals; NaN becomes None."""
-    return round(f, DIGITS) if math.isfinite(f) else None
+    return _round_score(f) if math.isfinite(f) else None
 
 
 def _one_sample(arr: np.ndarray, out: ModelOutput) -> np.ndarray:
@@ -83,8 +94,8 @@ def summarize_classifier(arr: np.ndarray, out: ModelOutput) -> Dict[str, Any]:
             label = top_idx[0]
             labels = out.labels
             return {"label": label, "name": labels[label] if label < len(labels) else None,
-                    "score": round(top_vals[0], DIGITS),
-                    "top": [[i, round(s, DIGITS)] for i, s in zip(top_idx, top_vals)]}
+                    "score": _round_score(top_vals[0]),
+                    "top": [[i, _round_score(s)] for i, s in zip(top_idx, top_vals)]}
     else:
         if out.kind == "logits":
             e = np.exp(v.astype(np.float64) - float(v.max()))
@@ -124,9 +135,9 @@ def summarize_classifier_rows(rows: np.ndarray, out: ModelOutput) -> List[Dict[s
     res = []
     for idx, vs in zip(top.tolist(), vals):
         label = idx[0]
-        score = round(vs[0], DIGITS)
+        score = _round_score(vs[0])
         res.append({"label": label, "name": labels[label] if label < nl else None, "score": score,
-                    "top": [[i, round(v, DIGITS)] for i, v in zip(idx, vs)]})
+                    "top": [[i, _round_score(v)] for i, v in zip(idx, vs)]})
     return res
 
 
