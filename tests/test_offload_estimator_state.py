@@ -287,3 +287,32 @@ def test_a_change_resets_the_dispersion_and_asks_for_probes_until_confirmed() ->
         est.observe_round_trip(n, n, 2000 + 2 * n)
     assert est.changes == changes + 1
     assert (est.transfer_dev_us() or 0) < 1000  # the old link's jitter is forgotten with it
+
+
+def test_offload_numbers_equal_the_single_reads() -> None:
+    est, clock = learned(us_per_byte=0.1)
+    est.observe_fog_queue(3000)
+    for k in range(3):
+        est.on_send(k, 20_000, "cnn")
+    clock.advance_us(30_000)  # one overdue: a collapse too
+    n = est.offload_numbers(49_352, 300, "cnn")
+    t_l_in = est.t_l_in_us(49_352)
+    assert n == (t_l_in, est.t_l_us(300), est.t_f_us("cnn"), est.fog_queue_at_us(t_l_in), est.transfer_dev_us(),
+                 est.t_f_dev_us("cnn"), pytest.approx(4935.2))
+    assert est.offload_numbers(10, 300, "nope").t_f_us is None
+    assert LinkEstimator(clock=clock).offload_numbers(10, 300, "cnn").t_l_in_us is None
+
+
+def test_offload_numbers_call_a_test_doubles_overrides() -> None:
+    class Pinned(LinkEstimator):
+        def t_l_us(self, nbytes: int) -> float:
+            return 7.0
+
+        def t_f_us(self, model: str) -> float:
+            return 11.0
+
+        def fog_queue_us(self) -> float:
+            return 0.0
+
+    n = Pinned().offload_numbers(1000, 300, "cnn")
+    assert (n.t_l_in_us, n.t_l_out_us, n.t_f_us, n.fog_queue_us) == (7.0, 7.0, 11.0, 0.0)

@@ -53,7 +53,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -107,6 +107,18 @@ class LinkEstimates:
         if self.latency_us is None or self.us_per_byte is None:
             return None
         return self.latency_us + self.us_per_byte * nbytes
+
+
+class OffloadNumbers(NamedTuple):
+    """The estimator's numbers for one input's offload decision (µs; ``None`` = unknown)."""
+
+    t_l_in_us: Optional[float]  # T_L of the request, this edge's bytes ahead and a collapse included
+    t_l_out_us: Optional[float]  # T_L of the reply on an idle link
+    t_f_us: Optional[float]
+    fog_queue_us: float  # at the request's arrival: the last report drained + this edge's own work ahead
+    t_l_dev_us: Optional[float]  # dispersion of a round trip's transfer
+    t_f_dev_us: Optional[float]
+    t_l_tx_us: float  # the request's own time on the uplink (bytes / bandwidth)
 
 
 class LinkEstimator:
@@ -526,6 +538,37 @@ class LinkEstimator:
             backlog = self._link_backlog_us(now, est, upb)
             extra_rate = nbytes * max(0.0, upb - (est.us_per_byte or 0.0))
         return base + backlog + extra_rate
+
+    def offload_numbers(self, nbytes: int, reply_bytes: int, model: str) -> OffloadNumbers:
+        """Every number an offload decision for a ``nbytes`` request of ``model`` needs, under one lock (the
+        dispatcher's hot path). Equal to :meth:`t_l_in_us`, :meth:`t_l_us` (reply), :meth:`t_f_us`,
+        :meth:`fog_queue_at_us` (at the request's arrival), :meth:`transfer_dev_us`, :meth:`t_f_dev_us`;
+        a subclass that overrides ``t_l_us``, ``t_f_us`` or ``fog_queue_us`` (a test double pinning numbers)
+        gets those called instead."""
+        cls = type(self)
+        if (cls.t_l_us is not LinkEstimator.t_l_us or cls.t_f_us is not LinkEstimator.t_f_us
+                or cls.fog_queue_us is not LinkEstimator.fog_queue_us):
+            t_in = self.t_l_in_us(nbytes)
+            bw = self.bandwidth_bps()
+            return OffloadNumbers(t_in, self.t_l_us(reply_bytes), self.t_f_us(model),
+                                  self.fog_queue_at_us(t_in) if cls.fog_queue_us is LinkEstimator.fog_queue_us
+                                  else self.fog_queue_us(),
+                                  self.transfer_dev_us(), self.t_f_dev_us(model), nbytes * 1e6 / bw if bw else 0.0)
+        now = self._clock()
+        with self._lock:
+            est = self._estimates_locked(now)
+            upb_fit = est.us_per_byte
+            base = est.t_l_us(nbytes)
+            t_l_in: Optional[float] = None
+            if base is not None:
+                upb = self._us_per_byte_now(now, est)
+                t_l_in = base + self._link_backlog_us(now, est, upb) + nbytes * max(0.0, upb - (upb_fit or 0.0))
+            at = now + max(0.0, t_l_in or 0.0) / 1e6
+            fog_queue = self._foreign_queue_us(at) + max(0.0, (self._own_fog_free_at - at) * 1e6)
+            return OffloadNumbers(
+                t_l_in, est.t_l_us(reply_bytes), est.t_f_us.get(model), fog_queue,
+                None if est.latency_us is None else est.transfer_dev_us, est.t_f_dev_us.get(model),
+                nbytes * upb_fit if upb_fit else 0.0)
 
     def t_f_us(self, model: str) -> Optional[float]:
         """Expected fog execution time of ``model`` (µs): a quantile of recent reports, or ``None``."""
