@@ -544,11 +544,12 @@ class LinkEstimator:
         dispatcher's hot path). Equal to :meth:`t_l_in_us`, :meth:`t_l_us` (reply), :meth:`t_f_us`,
         :meth:`fog_queue_at_us` (at the request's arrival), :meth:`transfer_dev_us`, :meth:`t_f_dev_us`;
         a subclass that overrides ``t_l_us``, ``t_f_us`` or ``fog_queue_us`` (a test double pinning numbers)
-        gets those called instead."""
+        gets those called instead (a pinned ``t_l_us`` is the request's T_L as it is: no queue, no collapse)."""
         cls = type(self)
         if (cls.t_l_us is not LinkEstimator.t_l_us or cls.t_f_us is not LinkEstimator.t_f_us
                 or cls.fog_queue_us is not LinkEstimator.fog_queue_us):
-            t_in = self.t_l_in_us(nbytes)
+            pinned = cls.t_l_us is not LinkEstimator.t_l_us
+            t_in = self.t_l_us(nbytes) if pinned else self.t_l_in_us(nbytes)  # pinned: no queue, no collapse
             bw = self.bandwidth_bps()
             return OffloadNumbers(t_in, self.t_l_us(reply_bytes), self.t_f_us(model),
                                   self.fog_queue_at_us(t_in) if cls.fog_queue_us is LinkEstimator.fog_queue_us
