@@ -83,6 +83,11 @@ def _writer(path: Path, cfg: Config) -> Any:
                        spool_records=cfg.logs.spool_records)
 
 
+def _fog_address(fc: Any) -> str:
+    """Where the fog is, as the user configured it: an OIP server's url, else the ZeroMQ endpoint."""
+    return f"oip {fc.url}" if getattr(fc, "backend", "zmq") == "oip" else fc.endpoint
+
+
 class _Intake:
     """The daemon as its sources' sink (:class:`edged.sources.base.BatchSink`): one input, or several a source
     received back to back."""
@@ -228,10 +233,9 @@ class Daemon:
         fc = self.cfg.fog
         if not fc.enabled:
             return None
-        from edged.offload.fog_client import ZmqFogBackend
+        from edged.offload.backends import build_fog_backend
 
-        return ZmqFogBackend(fc.endpoint, curve_server_key=fc.curve_server_public_key or None,
-                             curve_client_key=fc.curve_client_secret_key or None)
+        return build_fog_backend(fc)  # zmq (edged fog) or oip (Triton, KServe, MLServer)
 
     def _build_sources(self, specs: Dict[str, Any]) -> List[Any]:
         out: List[Any] = []
@@ -283,6 +287,10 @@ class Daemon:
         self.fog = self._fog()  # a fog endpoint that cannot work fails now, not after minutes of profiling
         self._status("starting: loading models")
         cat = self._load_models()
+        if self.fog is not None:
+            from edged.offload.backends import attach_models
+
+            attach_models(self.fog, self.models)  # an OIP node's identity canary; nothing for edged fog
         timing = self._profile(cat)
         self.decisions = _writer(log_dir / "decisions.jsonl", cfg)
         self.power_log = _writer(log_dir / "power.jsonl", cfg)
@@ -325,7 +333,7 @@ class Daemon:
         self.ready_after_s = time.monotonic() - self.started_mono
         where = ", ".join(getattr(s, "endpoint", None) or getattr(s, "url", s.name) for s in self.sources) or "none"
         msg = (f"ready in {self.ready_after_s:.2f}s: models {', '.join(self.models)}; sources {where}; "
-               f"fog {cfg.fog.endpoint if self.fog else 'off'}; logs {log_dir}")
+               f"fog {_fog_address(cfg.fog) if self.fog else 'off'}; logs {log_dir}")
         log.info("%s", msg)
         self.notifier.ready(msg)
 
