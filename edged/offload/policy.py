@@ -271,8 +271,8 @@ def _adaptive(i: DecisionInputs) -> Decision:
         detail += f", on the others {_us(i.joint_offload_us or 0.0)}/{_us(i.joint_local_us or 0.0)}"
     detail += ")"
     if cmp_off < cmp_local:
-        return make("offload", f"offload {_us(cmp_off)} < local {_us(cmp_local)}{detail}{suffix}")
-    return make("local", f"local {_us(cmp_local)} <= offload {_us(cmp_off)}{detail}{suffix}")
+        return make("offload", f"expected offload {_us(cmp_off)} < local {_us(cmp_local)}{detail}{suffix}")
+    return make("local", f"expected local {_us(cmp_local)} <= offload {_us(cmp_off)}{detail}{suffix}")
 
 
 # ---- joint decisions for the inputs that wait together -------------------------------------------------
