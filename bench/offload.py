@@ -259,7 +259,15 @@ def measure_local(models: Dict[str, Any], inputs: Dict[str, np.ndarray], runs: i
 
 def _dispatcher_extras(risk_k: float, joint: bool) -> Dict[str, Any]:
     """The issue-14 dispatcher arguments this dispatcher accepts (none before the patch is applied)."""
-    params = inspect.signature(Dispatcher.__init__).parameters
+    params = set(inspect.signature(Dispatcher.__init__).parameters)
+    try:  # settings may live in a DispatcherConfig (passed as keywords)
+        import dataclasses
+
+        from edged.offload.types import DispatcherConfig
+
+        params |= {f.name for f in dataclasses.fields(DispatcherConfig)}
+    except ImportError:
+        pass
     extras: Dict[str, Any] = {}
     if "risk_k" in params:
         extras["risk_k"] = risk_k
