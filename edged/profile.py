@@ -664,7 +664,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-store", action="store_true", help="measure and print, but do not update the stored profile")
     p.add_argument("--layers", action="store_true",
                    help="also time the head and tail of every partition cut of each ONNX model (needs "
-                        "pip install 'edged[partition]'); stored with the model's entry as 'cuts'")
+                        "pip install 'edged[partition]'); stored with the model's entry as 'cuts'. Cuts are "
+                        "checked against the full model on the validation set first (--max-inputs caps it)")
     p.add_argument("--predict", action="store_true",
                    help="with --layers: fit the Neurosurgeon per-layer-type regression on this device and print "
                         "predicted against measured per layer and per cut, with the error")
@@ -795,7 +796,7 @@ def add_layer_profiles(cat: Catalogue, results: List[Dict[str, Any]], args: argp
         try:
             extra = ns.profile_model_layers(cat.get(r["model"]), r["threads"], repeats=args.repeats,
                                             warmup=args.warmup, max_inputs=args.max_inputs or 64,
-                                            latency_model=lm)
+                                            latency_model=lm, max_verify=args.max_inputs)
         except EdgedError as exc:
             r["cuts_error"] = str(exc)
             progress(f"{r['model']}: no cuts: {exc}")

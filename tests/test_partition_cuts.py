@@ -8,6 +8,7 @@ Constant node the tail must copy from the head).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,10 @@ def test_tail_hash_identifies_the_tail_graph(tmp_path):
 @pytest.mark.parametrize("name", ["cnn", "rgbcnn"])
 def test_every_cut_of_a_shipped_model_reproduces_the_full_output(catalogue, name):
     entry = catalogue.get(name)
-    pm = PartitionedModel(entry)  # verifies every cut on the whole validation set
     x, _ = entry.load_validation()
-    assert pm.verified_on == len(x) and not pm.rejected
+    n = 64 if os.environ.get("EDGED_EMULATED") else len(x)  # the whole set takes 2 s here, 10+ under qemu
+    pm = PartitionedModel(entry, max_verify=n)  # verifies every cut on the validation set
+    assert pm.verified_on == n and not pm.rejected
     assert len(pm.cuts) == len(pm.plan.nodes) + 1  # a chain: a cut after every node
     with catalogue.load(name, "onnx") as full:
         want = full.predict(x[:32])
@@ -162,8 +164,10 @@ def test_rgbcnn_has_cuts_far_smaller_than_its_input(catalogue):
     plan = analyse(catalogue.get("rgbcnn").artifacts["onnx"].path)
     sizes = {c.name: c.bytes for c in plan.cuts}
     assert sizes[ALL_FOG] == 64 * 64 * 3 * 4
-    assert sizes["p1"] == 8192 and sizes["p3"] == 2048  # pooling shrinks the tensor 6x, then 24x
-    assert min(sizes[c.name] for c in plan.interior_cuts[:3]) < sizes[ALL_FOG] / 4
+    assert sizes["p1"] == 8192 and sizes["p2"] == 4096 and sizes["p3"] == 2048  # 6x, 12x, 24x smaller
+    p1 = plan.get("p1")
+    flops_after = sum(la.flops for la in plan.layers if la.index >= p1.k)
+    assert flops_after >= 0.85 * sum(la.flops for la in plan.layers)  # the work is after the early shrink
 
 
 def test_rgbcnn_manifest_carries_accuracy_and_f1(catalogue):

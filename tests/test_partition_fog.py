@@ -44,7 +44,7 @@ def test_intermediate_tensor_over_the_fog_gives_the_full_result(fog, edge):
     client.ping(timeout_s=10.0)  # connected: an infer request never waits for the connection
     try:
         interior = [c for c in pm.cuts if c.interior]
-        assert [c.name for c in interior][:3] == ["a1", "r1", "p1"]
+        assert [c.name for c in interior][:5] == ["a1", "r1", "a1b", "r1b", "p1"]
         for c in interior:
             for i in (0, 5):
                 mid = pm.head(c.name, x[i])[0]  # one sample, no batch axis
@@ -74,7 +74,7 @@ def test_wrong_tail_hash_and_unknown_cut_are_refused(fog, edge):
         mid = pm.head("p1", x[0])[0]
         with pytest.raises(FogRefused, match=r"cut 'p1': tail hash mismatch: edge has 0{64}, fog has " + c.tail_hash):
             client.submit(MODEL, mid, entry.model_hash, 10.0, cut=("p1", "0" * 64)).result(15)
-        with pytest.raises(FogRefused, match=r"no usable cut 'h1'; usable: all-fog, a1, r1, p1"):
+        with pytest.raises(FogRefused, match=r"no usable cut 'h1'; usable: all-fog, a1, r1, a1b"):
             client.submit(MODEL, mid, entry.model_hash, 10.0, cut=("h1", c.tail_hash)).result(15)
         with pytest.raises(FogRefused, match="hash mismatch: edge has nope"):  # the model hash is checked first
             client.submit(MODEL, mid, "nope", 10.0, cut=("p1", c.tail_hash)).result(15)

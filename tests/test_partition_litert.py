@@ -30,7 +30,7 @@ def split(catalogue):
 
 def test_every_litert_split_reproduces_model_tflite(split, catalogue):
     x, _ = catalogue.get("rgbcnn").load_validation()
-    assert split.cut_names == ["p1", "p2", "p3", "d"] and not split.rejected
+    assert split.cut_names == ["p1", "p3"] and not split.rejected
     assert all(d <= 1e-5 for d in split.deltas.values())
     with catalogue.load("rgbcnn", "litert") as full:
         want = full.predict(x[:16])
@@ -62,10 +62,10 @@ def test_a_tampered_split_is_refused(catalogue, tmp_path):
 
     d = tmp_path / "models" / "rgbcnn"
     shutil.copytree(catalogue.get("rgbcnn").dir, d)
-    with open(d / "cuts" / "p2.tail.tflite", "ab") as f:
+    with open(d / "cuts" / "p3.tail.tflite", "ab") as f:
         f.write(b"\0")
     cat = Catalogue.discover([d.parent], include_shipped=False)
-    with pytest.raises(IntegrityError, match=r"p2.tail.tflite: its sha256 differs from partition.litert_splits.p2"):
+    with pytest.raises(IntegrityError, match=r"p3.tail.tflite: its sha256 differs from partition.litert_splits.p3"):
         LitertSplit(cat.get("rgbcnn"))
 
 

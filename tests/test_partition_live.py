@@ -61,7 +61,7 @@ def test_neurosurgeon_inputs_use_predicted_times(part):
     lm = ns.LatencyModel({"conv": [1.0, 0.0, 0.0], "fc": [1.0, 0.0, 0.0], "pool": [1.0, 0.0, 0.0],
                           "activation": [1.0, 0.0], "reshape": [1.0, 0.0]}, 2.0, {})
     pred = p.fit_neurosurgeon(lm)
-    assert pred["p1"] == {"head_us": 2.0 + 3, "tail_us": 2.0 + 12}
+    assert pred["p1"] == {"head_us": 2.0 + 5, "tail_us": 2.0 + 20}  # 5 of its 25 layers before p1
     i = p.decision_inputs(t_l_base_us=10.0, t_l_us_per_byte=0.0, fog_tail_us={}, predicted=True)
     costs = {c.name: (c.head_us, c.tail_us) for c in i.cuts}
-    assert costs["p1"] == (5.0, 14.0) and costs[ALL_FOG] == (0.0, 17.0) and costs[ALL_LOCAL] == (17.0, 0.0)
+    assert costs["p1"] == (7.0, 22.0) and costs[ALL_FOG] == (0.0, 27.0) and costs[ALL_LOCAL] == (27.0, 0.0)

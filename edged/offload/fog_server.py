@@ -55,6 +55,8 @@ _MAX_PING_PAD = 1024 * 1024
 T_F_HORIZON_S = 10.0
 #: an idle worker re-times a model not run for this many seconds
 T_F_REFRESH_S = 2.0
+#: validation inputs a fog checks each cut's head + tail on before serving it (the edge checks all of them)
+FOG_VERIFY_INPUTS = 64
 
 _Job = Tuple[bytes, Dict[str, Any], List[bytes], float]  # (routing id, header, payload frames, t_enqueued monotonic)
 
@@ -446,7 +448,8 @@ class FogServer:
         if pm is None:
             from edged.partition.split import PartitionedModel
 
-            pm = PartitionedModel(model.entry, threads=self.threads)
+            # the tail hash already proves the edge's graph is ours; this check is on the first inputs only
+            pm = PartitionedModel(model.entry, threads=self.threads, max_verify=FOG_VERIFY_INPUTS)
             for c in pm.cuts:
                 if c.interior:
                     x = np.zeros(tuple(d if d else 1 for d in c.shape), dtype=np.dtype(c.dtype))

@@ -199,9 +199,11 @@ def synthetic_layers(seed: int = 0) -> List[Any]:
         m.ir_version = 8
         return m
 
-    for cin, cout, hw, k, s in [(1, 8, 8, 3, 1), (3, 8, 32, 3, 2), (3, 16, 64, 3, 2), (8, 16, 16, 3, 1),
-                                (16, 32, 8, 3, 1), (8, 8, 32, 3, 1), (16, 16, 16, 3, 1), (32, 32, 8, 3, 1),
-                                (3, 8, 64, 5, 2), (16, 32, 16, 1, 1), (32, 64, 4, 3, 1), (4, 16, 24, 3, 1)]:
+    conv_grid = [(cin, cout, hw, 3, 1) for cin in (4, 16, 48) for cout in (8, 32, 64) for hw in (8, 16, 32)]
+    conv_grid += [(cin, cout, hw, 1, 1) for cin in (32, 96) for cout in (8, 24) for hw in (8, 16, 32)]
+    conv_grid += [(1, 8, 8, 3, 1), (3, 8, 32, 3, 2), (3, 16, 64, 3, 2), (3, 24, 64, 3, 2), (3, 8, 64, 5, 2),
+                  (32, 64, 4, 3, 1), (96, 96, 8, 3, 1)]
+    for cin, cout, hw, k, s in conv_grid:
         pad = k // 2
         models.append(mk([helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s],
                                            pads=[pad] * 4)],
@@ -258,8 +260,13 @@ class LatencyModel:
                    {str(k): int(v) for k, v in d.get("n_fitted", {}).items()})
 
 
+#: layers faster than this (µs) weigh as if they took this long in the relative least squares
+RELATIVE_FLOOR_US = 0.5
+
+
 def fit(samples: Sequence[Tuple[Layer, float]], overhead_us: float) -> LatencyModel:
-    """Least squares per layer kind on (layer, measured µs); negative coefficients are dropped and refitted."""
+    """Least squares of the relative error per layer kind on (layer, measured µs); a negative coefficient is
+    dropped and the rest refitted."""
     by_kind: Dict[str, List[Tuple[Layer, float]]] = {}
     for layer, us in samples:
         by_kind.setdefault(layer.kind, []).append((layer, us))
@@ -267,10 +274,12 @@ def fit(samples: Sequence[Tuple[Layer, float]], overhead_us: float) -> LatencyMo
     for kind, rows in by_kind.items():
         X = np.array([[1.0, *_features(layer)] for layer, _ in rows])
         y = np.array([us for _, us in rows])
+        # relative error: a layer of 1 us and one of 1 ms count alike (times span three decades)
+        w = 1.0 / np.maximum(y, RELATIVE_FLOOR_US)
         active = list(range(X.shape[1]))
         coef = np.zeros(X.shape[1])
         for _ in range(X.shape[1]):  # non-negative least squares by elimination (few features)
-            sol, *_ = np.linalg.lstsq(X[:, active], y, rcond=None)
+            sol, *_ = np.linalg.lstsq(X[:, active] * w[:, None], y * w, rcond=None)
             if (sol >= 0).all() or len(active) == 1:
                 coef[:] = 0.0
                 coef[active] = np.maximum(sol, 0.0)
@@ -355,14 +364,15 @@ def format_cut_table(rows: Sequence[Mapping[str, Any]], predicted: Optional[Mapp
 
 # ---- edged profile --layers ---------------------------------------------------------------------------
 def profile_model_layers(entry: Any, threads: int = 1, repeats: int = 3, warmup: int = 10,
-                         max_inputs: Optional[int] = 64, latency_model: Optional[LatencyModel] = None
-                         ) -> Dict[str, Any]:
+                         max_inputs: Optional[int] = 64, latency_model: Optional[LatencyModel] = None,
+                         max_verify: Optional[int] = None) -> Dict[str, Any]:
     """What ``edged profile --layers`` adds to a model's ONNX entry: ``cuts`` (measured head/tail per cut,
     sizes from the graph) and, given ``latency_model`` (``--predict``), ``neurosurgeon``: the per-layer
-    measured-vs-predicted table and each cut's predicted head/tail."""
+    measured-vs-predicted table and each cut's predicted head/tail. Cuts are verified on ``max_verify``
+    validation inputs (default: all)."""
     from edged.partition.split import PartitionedModel
 
-    pm = PartitionedModel(entry, threads=threads)
+    pm = PartitionedModel(entry, threads=threads, max_verify=max_verify)
     try:
         x, _ = entry.load_validation()
         what = f"validation set, first {min(len(x), max_inputs or len(x))}"
