@@ -203,6 +203,31 @@ def test_deadline_and_close_resolve_every_future(local: Dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_timeouts_in_a_row_replace_the_connection(local: Dict[str, Any]) -> None:
+    """On one HTTP/2 connection, requests given up on still hold the link; after 3 timeouts in a row the back end
+    starts a new connection (as the ZeroMQ one rebuilds its socket) and the node is used again at once."""
+    mlp = local["mlp"]
+    server = TritonLike({"mlp": MODELS / "mlp" / "model.onnx"}, delay_s=0.4)
+    fog = OipFogBackend(f"127.0.0.1:{server.port}", identity="none", canary=0)
+    x = mlp.entry.load_validation()[0][0]
+    try:
+        for _ in range(3):
+            with pytest.raises(FogTimeout):
+                fog.submit("mlp", x, mlp.entry.model_hash, 0.05).result(10)
+        assert fog.counts["rebuilds"] == 1
+        server.delay_s = 0.0
+        reply = fog.submit("mlp", x, mlp.entry.model_hash, 5.0).result(10)
+        np.testing.assert_allclose(reply.outputs, mlp.predict(x), rtol=1e-5, atol=1e-6)
+        with pytest.raises(FogTimeout):  # a success resets the count: one timeout is not a rebuild
+            server.delay_s = 0.4
+            fog.submit("mlp", x, mlp.entry.model_hash, 0.05).result(10)
+        assert fog.counts["rebuilds"] == 1
+    finally:
+        fog.close()
+        server.stop()
+
+
+@pytest.mark.timeout(60)
 def test_node_gone_then_back_is_rechecked(local: Dict[str, Any]) -> None:
     mlp = local["mlp"]
     name = _triton_name(mlp)

@@ -222,6 +222,7 @@ class OipFogBackend(FogBackend):
         recheck_s: how often :meth:`ping` retries a model whose identity check failed (s).
         max_msg_bytes: largest reply accepted (bytes).
         rest_workers: concurrent REST requests (threads, each with its own keep-alive connection).
+        rebuild_after_timeouts: consecutive timeouts after which the gRPC connection is replaced (0 = never).
 
     Raises:
         ConfigError: a url that does not fit the protocol, unreadable TLS files, or grpcio missing.
@@ -235,7 +236,8 @@ class OipFogBackend(FogBackend):
                  tls_cert_file: str = "", tls_key_file: str = "", tls_server_name: str = "",
                  identity: str = "version", tensors: str = "manifest", canary: int = 4,
                  canary_atol: float = 1e-4, canary_rtol: float = 1e-3, server_stats: bool = True,
-                 recheck_s: float = 30.0, max_msg_bytes: int = 64 * 1024 * 1024, rest_workers: int = 4) -> None:
+                 recheck_s: float = 30.0, max_msg_bytes: int = 64 * 1024 * 1024, rest_workers: int = 4,
+                 rebuild_after_timeouts: int = 3) -> None:
         target, why = parse_oip_url(url, protocol)
         if target is None:
             raise ConfigError(f"fog.url {url!r}: expected {why}")
@@ -268,7 +270,9 @@ class OipFogBackend(FogBackend):
         self._base_rtts: List[float] = []
         self._us_per_byte = 0.0
         self.counts: Dict[str, int] = {"sent": 0, "ok": 0, "timeout": 0, "unavailable": 0, "refused": 0,
-                                       "error": 0, "canary_ok": 0, "canary_failed": 0}
+                                       "error": 0, "canary_ok": 0, "canary_failed": 0, "rebuilds": 0}
+        self.rebuild_after_timeouts = int(rebuild_after_timeouts)
+        self._timeouts_in_row = 0
         self._channel: Any = None
         self._grpc: Any = None
         self._calls: Dict[str, Any] = {}
@@ -281,7 +285,11 @@ class OipFogBackend(FogBackend):
             self._open_grpc(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name)
         else:
             if target.tls:
-                self._ssl = ssl.create_default_context(cafile=tls_ca_file or None)
+                try:
+                    self._ssl = ssl.create_default_context(cafile=tls_ca_file or None)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"fog.tls_ca_file {tls_ca_file!r}: cannot load it ({exc}); expected a PEM "
+                                      "file of the roots that sign the server's certificate") from exc
             self._pool = ThreadPoolExecutor(max_workers=max(1, rest_workers), thread_name_prefix="fog-oip-rest")
             self._reaper = _Reaper(self._fail)
 
@@ -311,18 +319,42 @@ class OipFogBackend(FogBackend):
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.enable_retries", 0),  # a failed offload falls back locally; a blind retry would only be late
         ]
+        self._creds: Any = None
         if self.target.tls:
-            creds = grpc.ssl_channel_credentials(
+            self._creds = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(ca, "tls_ca_file") if ca else None,
                 private_key=_read_pem(key, "tls_key_file") if key else None,
                 certificate_chain=_read_pem(cert, "tls_cert_file") if cert else None)
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.secure_channel(self.target.address, creds, options=options)
+        self._options = options
+        self._channel, self._calls = self._new_channel()
+
+    def _new_channel(self) -> Tuple[Any, Dict[str, Any]]:
+        grpc = self._grpc
+        if self._creds is not None:
+            channel = grpc.secure_channel(self.target.address, self._creds, options=self._options)
         else:
-            self._channel = grpc.insecure_channel(self.target.address, options=options)
-        for method in ("ModelInfer", "ServerReady", "ModelReady", "ModelMetadata", "ModelStatistics"):
-            self._calls[method] = self._channel.unary_unary(SERVICE + method)
+            channel = grpc.insecure_channel(self.target.address, options=self._options)
+        calls = {method: channel.unary_unary(SERVICE + method)
+                 for method in ("ModelInfer", "ServerReady", "ModelReady", "ModelMetadata", "ModelStatistics")}
+        return channel, calls
+
+    def _rebuild_channel(self) -> None:
+        """A new connection after repeated timeouts. Every request of an edge shares one HTTP/2 connection: on a
+        link that stalled, requests already given up on still sit in its send buffers, and each new one waits
+        behind them (head-of-line blocking), so timeouts keep coming after the link has recovered. A new
+        connection drops that backlog (the ZeroMQ back end rebuilds its socket for the same reason); what was in
+        flight on the old one fails FogUnavailable and runs locally."""
+        with self._lock:
+            if self._closed:
+                return
+            old = self._channel
+            self._channel, self._calls = self._new_channel()
+            self.counts["rebuilds"] += 1
+        log.info("fog %s: %d timeouts in a row, new connection", self.node, self.rebuild_after_timeouts)
+        # closed on another thread: this may run inside one of the old channel's own callbacks
+        threading.Thread(target=old.close, name="fog-oip-close", daemon=True).start()
 
     # ---- models and identity ---------------------------------------------------------------------
     def _model(self, name: str, model_hash: Optional[str]) -> _Model:
@@ -576,6 +608,14 @@ class OipFogBackend(FogBackend):
             self.counts[key] += 1
             if isinstance(exc, FogUnavailable):
                 self._was_down = True
+            if isinstance(exc, FogTimeout) and self._channel is not None:
+                with self._lock:
+                    self._timeouts_in_row += 1
+                    rebuild = self._timeouts_in_row >= self.rebuild_after_timeouts > 0
+                    if rebuild:
+                        self._timeouts_in_row = 0
+                if rebuild:
+                    self._rebuild_channel()
 
     def _grpc_failure(self, m: _Model, exc: Any, timeout_s: float) -> FogFailure:
         grpc = self._grpc
@@ -598,7 +638,8 @@ class OipFogBackend(FogBackend):
         m: _Model = meta["m"]
         try:
             if call.cancelled():
-                self._fail(fut, FogUnavailable(f"OIP fog client for {self.node} is closed"))
+                why = "is closed" if self._closed else "replaced its connection (timeouts in a row)"
+                self._fail(fut, FogUnavailable(f"OIP fog client for {self.node} {why}"))
                 return
             exc = call.exception()
             if exc is not None:
@@ -653,6 +694,7 @@ class OipFogBackend(FogBackend):
                          node=self.node)
         if self._settle.result(fut, reply):
             self.counts["ok"] += 1
+            self._timeouts_in_row = 0
 
     def derive_t_f_us(self, rtt_us: float, total_bytes: int) -> float:
         """T_F (µs) when the server reports none: the round trip minus the link time learned from probes
@@ -857,17 +899,19 @@ class OipFogBackend(FogBackend):
     # ---- close -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Fail every pending request with :class:`FogUnavailable` and close the channel/connections."""
-        if self._closed:
-            return
-        self._closed = True
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             pending, self._pending = dict(self._pending), {}
         for fut, call in pending.values():
             if call is not None:
                 call.cancel()
             self._fail(fut, FogUnavailable(f"OIP fog client for {self.node} is closed"))
-        if self._channel is not None:
-            self._channel.close()
+        with self._lock:
+            channel = self._channel
+        if channel is not None:
+            channel.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._reaper.stop()
