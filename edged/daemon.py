@@ -222,7 +222,11 @@ class Daemon:
             from edged.power.thermal import ThermalReader
 
             thermal = ThermalReader(root=pc.thermal_root)
-        sampler = PowerSampler(source, rate_hz=pc.rate_hz, sink=self.power_log.write, thermal=thermal)
+        from edged.power.battery import BatteryReader
+
+        # a battery (laptop-class boards, UPS HATs with a fuel gauge) goes into the power log beside the rails
+        sampler = PowerSampler(source, rate_hz=pc.rate_hz, sink=self.power_log.write, thermal=thermal,
+                               battery=BatteryReader())
         tracker = ActivityTracker()
         model = PowerModel(tracker, window_s=max(0.05, sampler.interval_s))
         sampler.add_listener(model.observe)

@@ -149,7 +149,7 @@ def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad,
     prof = run_edged(["profile", "--models-dir", str(with_bad), "--repeats", "1", "--warmup", "1",
                       "--max-inputs", "20", "--no-store", "--json"])
     assert prof.returncode == 0, prof.stderr
-    assert {r["model"] for r in json.loads(prof.stdout)["results"]} == {"cnn", "cnn_int8", "mlp"}
+    assert {r["model"] for r in json.loads(prof.stdout)["results"]} == {"cnn", "cnn_int8", "mlp", "rgbcnn"}
     assert "skipping tampered" in prof.stderr and prof.stderr.count("broken/manifest.json") == 1
 
     fog = subprocess.Popen([sys.executable, "-m", "edged", "fog", "--bind", "tcp://127.0.0.1:0", "--workers", "1",
@@ -157,7 +157,7 @@ def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad,
                            text=True, cwd=str(REPO))
     try:
         assert fog.stdout is not None
-        assert "serving 3 models" in fog.stdout.readline()
+        assert "serving 4 models" in fog.stdout.readline()
     finally:
         fog.terminate()
         _, err = fog.communicate(timeout=30)
@@ -175,7 +175,7 @@ def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad,
             out += line
             if "ready in" in line:
                 break
-        assert "models cnn, cnn_int8, mlp;" in out and "model tampered skipped" in out, out
+        assert "models cnn, cnn_int8, mlp, rgbcnn;" in out and "model tampered skipped" in out, out
     finally:
         p.terminate()
         p.communicate(timeout=30)
@@ -209,7 +209,7 @@ def test_run_models_dir_flag_adds_a_directory(tmp_path):
             out += line
             if "ready in" in line:
                 break
-        assert "models cnn, cnn_int8, mlp, mlp2;" in out, out
+        assert "models cnn, cnn_int8, mlp, mlp2, rgbcnn;" in out, out
     finally:
         p.terminate()
         p.communicate(timeout=30)

@@ -409,7 +409,7 @@ def test_fog_node_notifies_systemd(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "edged", "fog", "--bind", f"tcp://127.0.0.1:{free_port()}",
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     try:
-        assert "serving 3 models" in ns.wait_for("READY=1", timeout=60)
+        assert "serving 4 models" in ns.wait_for("READY=1", timeout=60)
         time.sleep(0.8)
         pings = ns.times("WATCHDOG=1")
         assert len(pings) >= 3 and max(b - a for a, b in zip(pings, pings[1:])) < 0.3

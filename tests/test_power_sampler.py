@@ -175,3 +175,27 @@ def _wait(cond, timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def test_a_battery_goes_into_the_power_log_beside_the_rails(tmp_path):
+    from edged.power.battery import BatteryReader
+    from tests.test_power_battery import supply
+
+    root = tmp_path / "power_supply"
+    supply(root, "BAT0", type="Battery", status="Discharging", capacity=64, energy_now=30_000_000,
+           energy_full=48_000_000, power_now=5_500_000, voltage_now=12_000_000)
+    lines: List[str] = []
+    sampler = PowerSampler(FakePowerSource(lambda t: 4.0), rate_hz=100, sink=lambda r: lines.append(json.dumps(r)),
+                           battery=BatteryReader(str(root), period_s=0.0))
+    sampler.start()
+    try:
+        _wait(lambda: sampler.stats()["samples"] >= 5)
+    finally:
+        assert sampler.close()
+    records = [json.loads(line) for line in lines]
+    batt = [r for r in records if r.get("rail") == "battery:BAT0"]
+    assert batt, sorted({r.get("rail") for r in records})
+    assert batt[0]["watts"] == 5.5 and batt[0]["battery_pct"] == 64.0 and batt[0]["total"] is False
+    assert {r["rail"] for r in records} == {"board", "cpu", "battery:BAT0"}
+    # no battery: nothing changes
+    assert PowerSampler(FakePowerSource(), battery=BatteryReader(str(tmp_path / "none"))).battery is None

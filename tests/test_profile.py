@@ -17,7 +17,7 @@ def test_profile_cli_stores_and_shows_table(tmp_path):
     data = json.loads(p.stdout)
     assert "warm-up 3 runs" in p.stderr and "pass 2/2" in p.stderr  # progress goes to stderr
     rows = {(r["model"], r["backend"]): r for r in data["results"]}
-    assert set(rows) == {("mlp", "onnx"), ("cnn", "onnx")}
+    assert set(rows) == {("mlp", "onnx"), ("cnn", "onnx"), ("rgbcnn", "onnx")}
     for (model, _), r in rows.items():
         assert r["runs"] == 2 * r["n_inputs"] and r["warmup"] == 3
         assert r["wcet_us"] >= r["p99_us"] >= r["p95_us"] >= r["p50_us"] > 0
@@ -27,7 +27,7 @@ def test_profile_cli_stores_and_shows_table(tmp_path):
         assert 0 < r["macro_f1"] <= 1
     stored = json.loads((state / "profile.json").read_text())
     (dev,) = stored["devices"].values()
-    assert set(dev["entries"]) == {"mlp/onnx/1", "cnn/onnx/1"}
+    assert set(dev["entries"]) == {"mlp/onnx/1", "cnn/onnx/1", "rgbcnn/onnx/1"}
     assert dev["fingerprint"]["cores"] >= 1 and "onnxruntime" in dev["fingerprint"]["runtimes"]
 
     show = run_edged(["profile", "--show", "--state-dir", str(state)], check=True)

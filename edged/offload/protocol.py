@@ -12,13 +12,16 @@ gets the v1 reply (the first output), so v1 edges keep working.
 Request header: ``v`` (protocol version, 1), ``id`` (request id, unique per client),
 ``kind`` (``"infer"`` | ``"ping"``), ``model``, ``model_hash``, ``dtype``, ``shape``
 (one input without the batch dimension), ``sent_ts`` (sender unix time, s);
-a ping may carry ``reply_pad`` (bytes of padding wanted in the reply payload).
+a ping may carry ``reply_pad`` (bytes of padding wanted in the reply payload);
+``cut`` (optional, ``{"name", "hash"}``: the payload is an intermediate tensor of that partition cut,
+verified by the tail hash; see :mod:`edged.partition`).
 
 Reply header: ``id``, ``status`` (``"ok"`` | ``"error"`` | ``"refused"``), ``error``
 (message or null), ``t_f_us`` (fog execution time, µs), ``queue_us`` (time the request
 waited in the fog queue, µs), ``dtype``, ``shape``, ``model_hash``; a ping reply also
 carries ``models`` (``{name: {"model_hash", "t_f_us"}}``), ``queue_depth``, ``workers``
-and ``queue_est_us``. See ``docs/offloading.md``.
+and ``queue_est_us``; a reply to a ``cut`` request carries ``cut``, and a ping reply's ``models[name]``
+may carry ``cuts`` (``{cut: {"tail_hash", "t_tail_us"}}``). See ``docs/offloading.md``.
 """
 
 from __future__ import annotations

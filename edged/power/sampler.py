@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from edged.errors import ConfigError, MissingDependencyError
 from edged.power.base import PowerReading, PowerSource
+from edged.power.battery import BatteryReader
 from edged.power.thermal import ThermalReader
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class PowerSampler:
     """
 
     def __init__(self, source: PowerSource, rate_hz: float = 10.0, sink: Optional[Callable[[Record], None]] = None,
-                 buffer_s: float = 120.0, thermal: Optional[ThermalReader] = None) -> None:
+                 buffer_s: float = 120.0, thermal: Optional[ThermalReader] = None,
+                 battery: Optional[BatteryReader] = None) -> None:
         if rate_hz <= 0:
             raise ConfigError(f"power sample rate {rate_hz!r} Hz: must be > 0")
         if buffer_s <= 0:
@@ -120,6 +122,7 @@ class PowerSampler:
         self.sink = sink
         self.buffer_s = float(buffer_s)
         self.thermal = thermal
+        self.battery = battery if battery is not None and battery.available else None
         self._listeners: List[Callable[[PowerReading], None]] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -285,7 +288,10 @@ class PowerSampler:
                     log.warning("power: a reading listener failed: %s", exc)
         if self.sink is None:
             return
-        for record in reading_to_records(reading, seq):
+        records = reading_to_records(reading, seq)
+        if self.battery is not None:  # one extra rail-shaped record per battery (rate-limited reads)
+            records += self.battery.records(reading.ts, reading.t_mono, seq)
+        for record in records:
             try:
                 self.sink(record)
                 self._records += 1
