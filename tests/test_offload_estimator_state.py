@@ -316,3 +316,19 @@ def test_offload_numbers_call_a_test_doubles_overrides() -> None:
 
     n = Pinned().offload_numbers(1000, 300, "cnn")
     assert (n.t_l_in_us, n.t_l_out_us, n.t_f_us, n.fog_queue_us) == (7.0, 7.0, 11.0, 0.0)
+
+
+def test_an_idle_edge_pings_and_finds_the_link_good_again_within_a_second() -> None:
+    # a congested link (40 ms + 8 us/byte) learned, then nothing offloaded: everything runs locally
+    est, clock = learned(latency_us=40_000, us_per_byte=8.0)
+    est.on_send("p", 0)
+    est.observe_round_trip(0, 0, 80_000, key="p")  # the last probe
+    assert est.probe_kind() is None
+    clock.advance_us(300_000)
+    assert est.probe_kind() == "ping"  # nothing came back for 0.25 s: a small ping
+    est.observe_round_trip(60, 60, 4000)  # the link is quick again: far below the fit
+    clock.advance_us(300_000)
+    assert est.probe_kind() == "full"
+    est.observe_round_trip(60, 60, 4000)
+    est.observe_round_trip(4096, 4096, 4000 + 8192 * 0.02)
+    assert est.changes == 1 and (est.t_l_in_us(49_152) or 0) < 10_000

@@ -631,29 +631,41 @@ class LinkEstimator:
         return age is None or age > self.stale_after_s
 
     def wants_probe(self, min_interval_s: float = 0.25) -> bool:
-        """True when a probe (a small and a padded ping) would teach something: the estimate is stale; or,
-        at most every ``min_interval_s``, a request is overdue, the link changed since the last probe, or
-        the newest round trip is far off the fit (a change under way: three such confirm it), or the recent
-        round trips all had about one size (the fit cannot tell latency from bandwidth: a burst of equal
-        big inputs on a collapsed link reads as a huge latency for small inputs)."""
+        """True when a full probe (a small and a padded ping) would teach something (see :meth:`probe_kind`)."""
+        return self.probe_kind(min_interval_s) == "full"
+
+    def probe_kind(self, min_interval_s: float = 0.25) -> Optional[str]:
+        """What probe to send now: ``"full"`` (a small and a padded ping), ``"ping"`` (a small one) or ``None``.
+
+        ``"full"`` when the estimate is stale; or, at most every ``min_interval_s``, while a request is
+        overdue, after a link change, while the newest round trip is far off the fit (a change under way:
+        three such confirm it), or when the recent round trips all had about one size (the fit cannot tell
+        latency from bandwidth: a burst of equal big inputs on a collapsed link reads as a huge latency for
+        small inputs). ``"ping"`` when no round trip came back for ``min_interval_s``: an edge that keeps
+        everything local because the link was bad learns within a fraction of a second that it is good
+        again (a ping far off the fit then asks for full probes), for ~100 bytes each way."""
         if self.is_stale():
-            return True
+            return "full"
         now = self._clock()
         with self._lock:
             if now - self._last_probe_at < min_interval_s:
-                return False
+                return None
             if self._overdue(now)[1] is not None or self._floor_extra_us > 0.0:
-                return True
+                return "full"
             if self.changes != self._changes_at_probe:
-                return True
+                return "full"
             if self._link and self._fit is not None:  # the newest round trip is far off the fit: a change?
                 _, b, t = self._link[-1]
                 pred = self._fit[0] + self._fit[1] * b
                 ratio = t / max(pred, 1.0)
                 if abs(t - pred) >= 500.0 and (ratio > self.change_ratio or ratio < 1.0 / self.change_ratio):
-                    return True
+                    return "full"
             recent = [b for _, b, _ in list(self._link)[-8:]]
-            return len(recent) >= 3 and max(recent) - min(recent) <= 64.0
+            if len(recent) >= 3 and max(recent) - min(recent) <= 64.0:
+                return "full"
+            if self._link and now - self._link[-1][0] >= min_interval_s:
+                return "ping"
+            return None
 
     def snapshot(self) -> Dict[str, Any]:
         """JSON-ready view of the current estimates."""
