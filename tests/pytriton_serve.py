@@ -3,7 +3,7 @@
 ``python -m tests.pytriton_serve HTTP_PORT GRPC_PORT METRICS_PORT MODEL_DIR...``: each folder is bound as
 ``<name>-sha256-<16 hex>`` (Triton takes integer versions only; edge ``fog.identity = "name"``), inputs by
 manifest name in the canonical layout, run by :class:`edged.fog.ServedModel`; prints ``serving ...`` once
-every model is loaded, then serves until SIGTERM.
+every model is loaded, then serves until SIGTERM (then stops tritonserver and removes its workspace).
 
 PyTriton's tritonserver embeds the Python it finds through the dynamic loader: where the system's libpython
 differs from the venv interpreter's (pyenv, a newer patch release), its Python backend stub fails at model
@@ -13,6 +13,7 @@ load (``'_thread.RLock' object has no attribute '_recursion_count'``). The worka
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Dict
 
@@ -42,13 +43,21 @@ def _bind(triton: Any, served: ServedModel) -> str:
     return name
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # leave the ``with Triton()`` block: tritonserver stops and its workspace is removed
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     http_port, grpc_port, metrics_port = (int(a) for a in sys.argv[1:4])
     config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     with Triton(config=config) as triton:
         names = [_bind(triton, ServedModel(d)) for d in sys.argv[4:]]
         print("serving " + " ".join(names), flush=True)
-        triton.serve()
+        try:
+            triton.serve()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
