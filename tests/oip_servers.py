@@ -36,7 +36,9 @@ def require(*modules: str) -> None:
         pytest.skip("OIP server tests take several seconds each; skipped under emulation")
     for m in modules:
         if importlib.util.find_spec(m) is None:
-            pytest.skip(f"needs {m} (the 'oip-test' extra: make test-oip builds .venv-oip with it)")
+            where = ("the 'oip-triton' extra: make test-oip builds .venv-triton with it" if m == "pytriton" else
+                     "the 'oip-test' extra: make test-oip builds .venv-oip with it")
+            pytest.skip(f"needs {m} ({where})")
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import numpy as np
@@ -92,3 +93,36 @@ def test_triton_outputs_equal_local_and_identity_by_name(triton: str, local: Dic
     finally:
         other.close()
 
+
+
+@pytest.mark.timeout(120)
+def test_exported_triton_repository_is_read_by_tritonserver(tmp_path: Path) -> None:
+    """``edged export-fog --format triton`` writes what tritonserver reads: its config.pbtxt parses and names the
+    model and version dir Triton loads. PyTriton's build has only the python backend, so the load stops at the
+    missing onnxruntime backend, after the repository and every config have been read."""
+    import importlib.util
+
+    require("pytriton")
+    spec = importlib.util.find_spec("pytriton")
+    assert spec is not None and spec.submodule_search_locations
+    ts = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if (ts / "backends" / "onnxruntime").exists():
+        pytest.skip("this tritonserver has the onnxruntime backend: it would serve the repository, not stop")
+    from tests.conftest import run_edged
+
+    p = run_edged(["export-fog", "--format", "triton", "--models", "mlp,cnn", str(tmp_path / "repo")])
+    assert p.returncode == 0, p.stderr
+    names = sorted(d.name for d in (tmp_path / "repo").iterdir())
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(ts / "external_libs"), os.environ.get("LD_LIBRARY_PATH", "")]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(x for x in libs if x))
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.run([str(ts / "bin" / "tritonserver"), f"--model-repository={tmp_path / 'repo'}",
+                           f"--backend-directory={ts / 'backends'}", "--http-port", ports[0], "--grpc-port", ports[1],
+                           "--metrics-port", ports[2], "--exit-on-error=true"], env=env, capture_output=True,
+                          text=True, timeout=90)
+    log = proc.stdout + proc.stderr
+    assert "failed to read text proto" not in log and "Poll failed" not in log, log[-3000:]
+    for name in names:
+        assert f"loading: {name}:1" in log, log[-3000:]
+        assert f"failed to load '{name}' version 1: Invalid argument: unable to find backend library for backend " \
+               "'onnxruntime'" in log, log[-3000:]
