@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, load_config
+from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, fog_address, load_config
 from edged.errors import ConfigError, EdgedError
 from edged.notify import Notifier
 
@@ -81,11 +81,6 @@ def _writer(path: Path, cfg: Config) -> Any:
 
     return JsonlWriter(path, max_bytes=cfg.logs.max_bytes, backups=cfg.logs.backups,
                        spool_records=cfg.logs.spool_records)
-
-
-def _fog_address(fc: Any) -> str:
-    """Where the fog is, as the user configured it: an OIP server's url, else the ZeroMQ endpoint."""
-    return f"oip {fc.url}" if getattr(fc, "backend", "zmq") == "oip" else fc.endpoint
 
 
 class _Intake:
@@ -337,7 +332,7 @@ class Daemon:
         self.ready_after_s = time.monotonic() - self.started_mono
         where = ", ".join(getattr(s, "endpoint", None) or getattr(s, "url", s.name) for s in self.sources) or "none"
         msg = (f"ready in {self.ready_after_s:.2f}s: models {', '.join(self.models)}; sources {where}; "
-               f"fog {_fog_address(cfg.fog) if self.fog else 'off'}; logs {log_dir}")
+               f"fog {fog_address(cfg.fog) if self.fog else 'off'}; logs {log_dir}")
         log.info("%s", msg)
         self.notifier.ready(msg)
 
