@@ -309,8 +309,54 @@ def _choices(i: DecisionInputs) -> Tuple[bool, bool]:
     return can_local, can_off
 
 
-def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: Tuple[float, float, float],
-              makespan_weight: float) -> Tuple[float, List[float], List[_Plan], Tuple[float, float, float]]:
+class _Rows:
+    """A window's numbers as plain floats, and each resource's shortest-first rank (the search runs hundreds
+    of simulations: attribute reads on the frozen dataclasses would dominate). Row: (t_l_in, t_l_tx, fog busy
+    until, t_f, t_l_out, k·offload dev, local queue, local exec, k·local dev), µs."""
+
+    __slots__ = ("rows", "off_rank", "loc_rank")
+
+    def __init__(self, batch: Sequence[DecisionInputs]) -> None:
+        rows = []
+        for i in batch:
+            k = max(0.0, i.risk_k)
+            t_l_in = i.t_l_in_us or 0.0
+            exec_us = i.local_exec_us if i.local_exec_us is not None else (i.wcet_us or 0.0)
+            rows.append((t_l_in, i.t_l_tx_us or 0.0, t_l_in + (i.fog_queue_us or 0.0), i.t_f_us or 0.0,
+                         i.t_l_out_us or 0.0, k * _dev_offload(i), i.local_queue_us, exec_us, k * _dev_local(i)))
+        self.rows = rows
+        self.off_rank = sorted(range(len(rows)), key=lambda j: (rows[j][1] + rows[j][3], j))
+        self.loc_rank = sorted(range(len(rows)), key=lambda j: (rows[j][7], j))
+
+
+_State = Tuple[float, float, float]
+
+
+def _objective(rows: _Rows, offload: Sequence[bool], start: _State, makespan_weight: float) -> Tuple[float, _State]:
+    """(objective, end state) of :func:`_simulate`, without the per-input plans (the search's inner loop)."""
+    local_free, link_extra, fog_free = start
+    total = latest = 0.0
+    r = rows.rows
+    for n in rows.off_rank:
+        if offload[n]:
+            t_l_in, tx, busy, t_f, t_l_out, dev, _, _, _ = r[n]
+            arrive = t_l_in + link_extra
+            link_extra += tx
+            fog_free = max(arrive, busy, fog_free) + t_f
+            done = fog_free + t_l_out
+            total += done + dev
+            latest = done if done > latest else latest
+    for n in rows.loc_rank:
+        if not offload[n]:
+            row = r[n]
+            local_free = max(row[6], local_free) + row[7]
+            total += local_free + row[8]
+            latest = local_free if local_free > latest else latest
+    return total + makespan_weight * latest, (local_free, link_extra, fog_free)
+
+
+def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: _State, makespan_weight: float,
+              rows: Optional[_Rows] = None) -> Tuple[float, List[float], List[_Plan], _State]:
     """List-schedule ``batch`` on the local worker and on uplink → fog, each input where ``offload`` says,
     each resource in :func:`start_order` (shortest first). ``start`` = (local worker free, uplink busy
     extra, fog free), µs from now.
@@ -318,55 +364,55 @@ def _simulate(batch: Sequence[DecisionInputs], offload: Sequence[bool], start: T
     Returns (objective, per-input risk-adjusted completion, per-input plan, end state). The objective is the
     sum of the risk-adjusted completion times + ``makespan_weight`` × the latest completion.
     """
+    rows = rows or _Rows(batch)
     local_free, link_extra, fog_free = start
-    total = 0.0
-    latest = 0.0
+    total = latest = 0.0
     costs: List[float] = [0.0] * len(batch)
     plans: List[_Plan] = [_PLAN0] * len(batch)
-    for n in start_order(batch, offload):
-        i, off = batch[n], offload[n]
-        k = max(0.0, i.risk_k)
-        if off:
-            arrive = (i.t_l_in_us or 0.0) + link_extra
-            link_extra += i.t_l_tx_us or 0.0
-            busy_until = (i.t_l_in_us or 0.0) + (i.fog_queue_us or 0.0)  # the fog's queue as this input saw it
-            fog_start = max(arrive, busy_until, fog_free)
-            fog_free = fog_start + (i.t_f_us or 0.0)
-            done = fog_free + (i.t_l_out_us or 0.0)
-            cost = done + k * _dev_offload(i)
-            plans[n] = _Plan(i.local_queue_us, arrive, fog_start - arrive, done)
-        else:
-            exec_us = i.local_exec_us if i.local_exec_us is not None else (i.wcet_us or 0.0)
-            begin = max(i.local_queue_us, local_free)
+    for n in rows.off_rank:
+        if offload[n]:
+            t_l_in, tx, busy, t_f, t_l_out, dev, local_q, _, _ = rows.rows[n]
+            arrive = t_l_in + link_extra
+            link_extra += tx
+            fog_start = max(arrive, busy, fog_free)
+            fog_free = fog_start + t_f
+            done = fog_free + t_l_out
+            costs[n] = done + dev
+            plans[n] = _Plan(local_q, arrive, fog_start - arrive, done)
+            latest = max(latest, done)
+    for n in rows.loc_rank:
+        if not offload[n]:
+            t_l_in, _, busy, _, _, _, local_q, exec_us, dev = rows.rows[n]
+            begin = max(local_q, local_free)
             local_free = begin + exec_us
-            done = local_free
-            cost = done + k * _dev_local(i)
-            plans[n] = _Plan(begin, i.t_l_in_us or 0.0, i.fog_queue_us or 0.0, done)
-        costs[n] = cost
-        total += cost
-        latest = max(latest, done)
+            costs[n] = local_free + dev
+            plans[n] = _Plan(begin, t_l_in, busy - t_l_in, local_free)
+            latest = max(latest, local_free)
+    total = sum(costs)
     return total + makespan_weight * latest, costs, plans, (local_free, link_extra, fog_free)
 
 
-def _plan_window(batch: Sequence[DecisionInputs], start: Tuple[float, float, float],
-                 makespan_weight: float) -> List[bool]:
+def _plan_window(batch: Sequence[DecisionInputs], start: _State, makespan_weight: float,
+                 rows: Optional[_Rows] = None) -> List[bool]:
     """The offload choices of one window. Four starts: list scheduling (each input, in order, where it
     completes first), each input decided alone (as without a joint plan), everything local, everything
     offloaded (where allowed); from each, single changes while one lowers the objective; the best local
     optimum wins (ties: the earlier start). So it is never worse than deciding one by one; the all-local
     start finds "send the heavy one, keep the small ones" that greedy misses."""
+    rows = rows or _Rows(batch)
     allowed = [_choices(i) for i in batch]
     greedy: List[bool] = []
-    state = start
-    for i, (can_local, can_off) in zip(batch, allowed):
-        if can_local and can_off:
-            loc = _simulate([i], [False], state, 0.0)[0]
-            off = _simulate([i], [True], state, 0.0)[0]
-            choice = off < loc
-        else:
-            choice = can_off
+    local_free, link_extra, fog_free = start
+    for row, (can_local, can_off) in zip(rows.rows, allowed):
+        t_l_in, tx, busy, t_f, t_l_out, dev_off, local_q, exec_us, dev_local = row
+        off_free = max(t_l_in + link_extra, busy, fog_free) + t_f
+        loc_free = max(local_q, local_free) + exec_us
+        choice = (off_free + t_l_out + dev_off < loc_free + dev_local) if can_local and can_off else can_off
         greedy.append(choice)
-        state = _simulate([i], [choice], state, 0.0)[3]
+        if choice:
+            fog_free, link_extra = off_free, link_extra + tx
+        else:
+            local_free = loc_free
     alone: List[bool] = []  # each decided alone, the local queue growing with the local ones (no joint plan)
     extra = 0.0
     for i in batch:
@@ -375,20 +421,21 @@ def _plan_window(batch: Sequence[DecisionInputs], start: Tuple[float, float, flo
         if not alone[-1]:
             extra += (i.local_exec_us if i.local_exec_us is not None else i.wcet_us) or 0.0
     starts = [greedy, alone, [not can_local for can_local, _ in allowed], [can_off for _, can_off in allowed]]
+    free = [n for n, (can_local, can_off) in enumerate(allowed) if can_local and can_off]
     best_assign: List[bool] = greedy
     best_obj = float("inf")
     for assign in starts:
-        obj = _simulate(batch, assign, start, makespan_weight)[0]
+        assign = list(assign)
+        obj = _objective(rows, assign, start, makespan_weight)[0]
         for _ in range(len(batch)):
             improved = False
-            for n, (can_local, can_off) in enumerate(allowed):
-                if not (can_local and can_off):
-                    continue
-                trial = list(assign)
-                trial[n] = not trial[n]
-                t_obj = _simulate(batch, trial, start, makespan_weight)[0]
+            for n in free:
+                assign[n] = not assign[n]
+                t_obj = _objective(rows, assign, start, makespan_weight)[0]
                 if t_obj < obj - 1e-6:
-                    assign, obj, improved = trial, t_obj, True
+                    obj, improved = t_obj, True
+                else:
+                    assign[n] = not assign[n]
             if not improved:
                 break
         if obj < best_obj - 1e-6:
@@ -436,7 +483,8 @@ def decide_batch(policy: str, inputs: Sequence[DecisionInputs],
     state: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     for w0 in range(0, len(inputs), MAX_JOINT):
         window = list(inputs[w0:w0 + MAX_JOINT])
-        assign = _plan_window(window, state, makespan_weight)
+        rows = _Rows(window)
+        assign = _plan_window(window, state, makespan_weight, rows)
         # decide each input from the numbers the plan gives it (earlier inputs as actually decided)
         actual: List[bool] = []
         for n, i in enumerate(window):
@@ -444,7 +492,7 @@ def decide_batch(policy: str, inputs: Sequence[DecisionInputs],
             seen_plans: List[_Plan] = []
             for choice in (False, True):
                 trial = actual + [choice] + assign[n + 1:]
-                obj, per, plans, _ = _simulate(window, trial, state, makespan_weight)
+                obj, per, plans, _ = _simulate(window, trial, state, makespan_weight, rows)
                 costs.append(obj - per[n])  # what the others (and the makespan term) cost with this choice
                 seen_plans.append(plans[n])
             floor = min(costs)
@@ -458,7 +506,7 @@ def decide_batch(policy: str, inputs: Sequence[DecisionInputs],
             d = decide(policy, seen)
             actual.append(d.decision == "offload")
             out.append((seen, d))
-        state = _simulate(window, actual, state, makespan_weight)[3]
+        state = _objective(rows, actual, state, makespan_weight)[1]
     return out
 
 
