@@ -90,6 +90,11 @@ class DispatcherConfig:
         local_exec_us: seeds of the local execution estimator (µs), e.g. the profile p50.
         wcet_by_shape / p50_by_shape: a dynamic model's profile per input shape key (µs).
         model_hashes: model hash per name, for models that do not carry ``entry.model_hash``.
+        risk_k: ``adaptive`` compares each path at mean + ``risk_k`` × its dispersion (``[offload] risk``,
+            see :func:`edged.offload.policy.parse_risk`).
+        joint: ``adaptive`` inputs that arrive together (``submit_many``) are decided together
+            (:func:`edged.offload.policy.decide_batch`) and started shortest first.
+        makespan_weight: weight of the latest completion in the joint objective (0 = total completion time).
     """
 
     policies: Mapping[str, str] = field(default_factory=lambda: {"*": "threshold"})
@@ -105,6 +110,9 @@ class DispatcherConfig:
     wcet_by_shape: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     p50_by_shape: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     model_hashes: Mapping[str, str] = field(default_factory=dict)
+    risk_k: float = 0.5
+    joint: bool = True
+    makespan_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("policies", "wcet_us", "local_exec_us", "model_hashes"):
@@ -123,6 +131,12 @@ class DispatcherConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"dispatcher {name} = {value!r}: expected a number of seconds > 0")
+        for name in ("risk_k", "makespan_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"dispatcher {name} = {value!r}: expected a number >= 0")
+        if not isinstance(self.joint, bool):
+            raise ConfigError(f"dispatcher joint = {self.joint!r}: expected true or false")
         if type(self.probe_pad_bytes) is not int or self.probe_pad_bytes < 0:
             raise ConfigError(f"dispatcher probe_pad_bytes = {self.probe_pad_bytes!r}: expected an integer >= 0")
 
