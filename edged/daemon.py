@@ -30,9 +30,9 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, fog_address, load_config
+from edged.config import Config, SerialSourceConfig, ZmqSourceConfig, fog_address, fog_name, load_config
 from edged.errors import ConfigError, EdgedError
 from edged.notify import Notifier
 
@@ -113,7 +113,8 @@ class Daemon:
         self.dispatcher: Any = None
         self.queue: Any = None
         self.sampler: Any = None
-        self.fog: Any = None
+        self.fog: Any = None  # the first fog node's back end (None: fog off)
+        self.fogs: List[Tuple[Any, Any]] = []  # (FogConfig, back end) of every fog node
         self.decisions: Any = None
         self.sinks: Any = None  # edged.sinks.SinkSet when [[sinks]] are configured
         self.power_log: Any = None
@@ -228,13 +229,21 @@ class Daemon:
         sampler.start()
         return sampler, tracker, model
 
-    def _fog(self) -> Any:
-        fc = self.cfg.fog
-        if not fc.enabled:
-            return None
+    def _fogs(self) -> List[Tuple[Any, Any]]:
+        """(config, back end) of every enabled fog node ([[fog]] or the single [fog]): zmq (edged fog) or oip
+        (Triton, KServe, MLServer). One that cannot work raises here, and those already built are closed."""
         from edged.offload.backends import build_fog_backend
 
-        return build_fog_backend(fc)  # zmq (edged fog) or oip (Triton, KServe, MLServer)
+        built: List[Tuple[Any, Any]] = []
+        try:
+            for fc in self.cfg.fog_nodes:
+                if fc.enabled:
+                    built.append((fc, build_fog_backend(fc)))
+        except Exception:
+            for _, backend in built:
+                backend.close()
+            raise
+        return built
 
     def _build_sources(self, specs: Dict[str, Any]) -> List[Any]:
         out: List[Any] = []
@@ -274,7 +283,8 @@ class Daemon:
 
     def start(self) -> None:
         from edged.logs import ensure_writable_dir
-        from edged.offload.dispatcher import Dispatcher
+        from edged.offload.dispatcher import Dispatcher, FogNode
+        from edged.offload.estimator import LinkEstimator
         from edged.offload.fog_client import CircuitBreaker
         from edged.offload.types import DispatcherConfig
         from edged.sources.queue import IngestQueue
@@ -283,20 +293,25 @@ class Daemon:
         log_dir = cfg.resolved_log_dir()
         ensure_writable_dir(log_dir)  # an unwritable logs dir fails here, before READY, never after
         self.log_dir = log_dir
-        self.fog = self._fog()  # a fog endpoint that cannot work fails now, not after minutes of profiling
+        self.fogs = self._fogs()  # a fog endpoint that cannot work fails now, not after minutes of profiling
+        self.fog = self.fogs[0][1] if self.fogs else None
         self._status("starting: loading models")
         cat = self._load_models()
-        if self.fog is not None:
+        if self.fogs:
             from edged.offload.backends import attach_models
 
-            attach_models(self.fog, self.models)  # an OIP node's identity canary; nothing for edged fog
+            for _, backend in self.fogs:
+                attach_models(backend, self.models)  # an OIP node's identity canary; nothing for edged fog
         timing = self._profile(cat)
         self.decisions = _writer(log_dir / "decisions.jsonl", cfg)
         self.power_log = _writer(log_dir / "power.jsonl", cfg)
         self.sampler, tracker, power_model = self._power()
         policies = {"*": cfg.policy.default, **dict(cfg.policy.models)}
-        breaker = CircuitBreaker(failure_threshold=cfg.fog.breaker_failures, recovery_probes=cfg.fog.recovery_probes,
-                                 probe_interval_s=cfg.fog.probe_interval_s)
+        nodes = [FogNode(name=fog_name(fc), backend=backend, link=LinkEstimator(),
+                         breaker=CircuitBreaker(failure_threshold=fc.breaker_failures,
+                                                recovery_probes=fc.recovery_probes,
+                                                probe_interval_s=fc.probe_interval_s))
+                 for fc, backend in self.fogs]
         settings = DispatcherConfig(
             policies=policies, objective=cfg.policy.objective, local_workers=cfg.local.workers,
             max_local_queue=cfg.local.max_queue, max_batch=cfg.local.max_batch,
@@ -304,9 +319,9 @@ class Daemon:
             wcet_us=timing["wcet"], local_exec_us=timing["p50"],
             wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"])
         self.dispatcher = Dispatcher(
-            self.models, settings, self._record_one, sink_many=self._record_many, fog=self.fog,
+            self.models, settings, self._record_one, sink_many=self._record_many, nodes=nodes,
             energy_fn=self.sampler.energy_mj if self.sampler else None, activity=tracker, power=power_model,
-            breaker=breaker, on_results=self._publish if cfg.sinks else None)
+            on_results=self._publish if cfg.sinks else None)
         self.queue = IngestQueue(cfg.queue.size, cfg.queue.when_full, on_drop=self._on_drop)
         self._router_thread = threading.Thread(target=self._route, name="router", daemon=True)
         self._router_thread.start()
@@ -332,7 +347,7 @@ class Daemon:
         self.ready_after_s = time.monotonic() - self.started_mono
         where = ", ".join(getattr(s, "endpoint", None) or getattr(s, "url", s.name) for s in self.sources) or "none"
         msg = (f"ready in {self.ready_after_s:.2f}s: models {', '.join(self.models)}; sources {where}; "
-               f"fog {fog_address(cfg.fog) if self.fog else 'off'}; logs {log_dir}")
+               f"fog {', '.join(fog_address(fc) for fc, _ in self.fogs) or 'off'}; logs {log_dir}")
         log.info("%s", msg)
         self.notifier.ready(msg)
 
@@ -517,8 +532,8 @@ class Daemon:
             self.sinks.close(timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
             for name, st in self.sinks.stats().items():
                 log.info("sink %s: %s", name, st)
-        if self.fog is not None:
-            self.fog.close()
+        for _, backend in self.fogs:
+            backend.close()
         if self.sampler is not None:
             self.sampler.close()
         for m in self.models.values():

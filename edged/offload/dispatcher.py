@@ -29,15 +29,23 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from edged.errors import ConfigError
 from edged.offload.estimator import LinkEstimator, LocalEstimator
-from edged.offload.fog_client import CircuitBreaker, FogBackend, FogError, FogFailure, FogRefused, FogReply
-from edged.offload.policy import Decision, DecisionInputs, decide
+from edged.offload.fog_client import (
+    CircuitBreaker,
+    FogBackend,
+    FogError,
+    FogFailure,
+    FogRefused,
+    FogReply,
+    FogTimeout,
+)
+from edged.offload.policy import RECORD_FIELDS_14, Decision, DecisionInputs, decide, decide_batch, start_order
 from edged.offload.types import ActivityLike, DispatcherConfig, ModelLike, PowerLike, SampleLike
 from edged.results import (
     StateStore,
@@ -64,6 +72,8 @@ _RECORD_TEMPLATE: Dict[str, Any] = dict.fromkeys((
 HEADER_OVERHEAD_BYTES = 200
 #: assumed reply size (bytes) for a model until a reply has been seen
 DEFAULT_REPLY_BYTES = 300
+#: about the size of a ping (header only) each way, bytes
+PING_BYTES = 120
 DECISIONS = ("local", "offload", "fallback", "rejected")
 #: the key of the caller's thread in ``_busy`` while it runs an input inline
 INLINE = -1
@@ -93,6 +103,25 @@ class _Job:
     state_key: Optional[Tuple[str, str]] = None  # (sender, model) this job holds while it runs (stateful models)
     shape: Optional[str] = None  # a dynamic model's input shape key (what its WCET was looked up by)
     wcet_scaled: bool = False  # that shape was not profiled: its WCET is scaled from the nearest profiled one
+    joint: Optional[Tuple[int, int]] = None  # (inputs decided together, this one's index) from decide_batch
+    node: int = 0  # the fog node this input was compared with (and sent to when offloaded)
+    failover: Optional[str] = None  # "<node>: <error>" of a first node that failed before another served it
+    t_f_source: Optional[str] = None  # where the reply's T_F came from (OIP: server, server_stats, derived)
+
+
+@dataclass(eq=False)
+class FogNode:
+    """One fog node: its back end, its own link/fog estimates and circuit breaker, and the models it refuses."""
+
+    name: str
+    backend: FogBackend
+    link: LinkEstimator
+    breaker: CircuitBreaker
+    refused: Dict[str, str] = field(default_factory=dict)  # model -> refusal, until a ping shows matching hashes
+    reply_bytes: Dict[str, int] = field(default_factory=dict)  # model -> last reply size
+
+    def up_for(self, model: str) -> bool:
+        return self.breaker.is_up() and model not in self.refused
 
 
 class Dispatcher:
@@ -106,6 +135,9 @@ class Dispatcher:
         sink: called with one JSON-ready dict per input (serialised: never concurrently).
         fog: fog back end, or ``None`` for local only.
         link: link/fog estimator (a fresh :class:`LinkEstimator` if ``None``).
+        nodes: several fog nodes instead of ``fog``/``link``/``breaker`` (:class:`FogNode`, each with its own
+            estimator and breaker): an input is compared with the best node for it, and an offload that fails is
+            sent once more to the next-best healthy node before it falls back here.
         energy_fn: ``(t0, t1) -> mJ`` over a monotonic window, or ``None``.
         activity: :class:`~edged.offload.types.ActivityLike` (kinds ``local`` and ``radio``), or ``None``.
         power: :class:`~edged.offload.types.PowerLike` (learned W per activity), or ``None``.
@@ -131,7 +163,8 @@ class Dispatcher:
                  local: Optional[LocalEstimator] = None,
                  sink_many: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
                  on_results: Optional[Callable[[List[Dict[str, Any]], Sequence[Optional[Outputs]]], None]] = None,
-                 state: Optional[StateStore] = None, **settings: Any) -> None:
+                 state: Optional[StateStore] = None, nodes: Optional[Sequence[FogNode]] = None,
+                 **settings: Any) -> None:
         if config is None:
             config = DispatcherConfig()
         elif not isinstance(config, DispatcherConfig):  # the policies alone
@@ -145,8 +178,21 @@ class Dispatcher:
         self.policies = dict(cfg.policies)
         self.default_policy = cfg.default_policy
         self.sink = sink
-        self.fog = fog
-        self.link = link or LinkEstimator(clock=clock)
+        if nodes:
+            self.nodes: List[FogNode] = list(nodes)
+        elif fog is not None:
+            self.nodes = [FogNode(name=str(getattr(fog, "node", None) or getattr(fog, "endpoint", None) or "fog"),
+                                  backend=fog, link=link or LinkEstimator(clock=clock),
+                                  breaker=breaker or CircuitBreaker(probe_interval_s=cfg.probe_interval_s,
+                                                                    clock=clock))]
+        else:
+            self.nodes = []
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"fog node names must differ: {', '.join(names)}")
+        # the first node's parts, by their single-node names (one node: the whole fog)
+        self.fog = self.nodes[0].backend if self.nodes else None
+        self.link = self.nodes[0].link if self.nodes else (link or LinkEstimator(clock=clock))
         self.wcet_us = dict(cfg.wcet_us)
         self.objective = cfg.objective
         self.max_local_queue = cfg.max_local_queue
@@ -158,7 +204,8 @@ class Dispatcher:
         self.activity = activity
         self.power = power
         self.clock = clock
-        self.breaker = breaker or CircuitBreaker(probe_interval_s=cfg.probe_interval_s, clock=clock)
+        self.breaker = self.nodes[0].breaker if self.nodes else (
+            breaker or CircuitBreaker(probe_interval_s=cfg.probe_interval_s, clock=clock))
         seeds = dict(self.wcet_us)
         seeds.update(cfg.local_exec_us)
         self.local = local or LocalEstimator(seeds)
@@ -186,15 +233,17 @@ class Dispatcher:
         self._stateful = {n: e is not None and bool(e.stateful) for n, e in self._entries.items()}
         self.wcet_by_shape = {k: dict(v) for k, v in cfg.wcet_by_shape.items()}
         self.p50_by_shape = {k: dict(v) for k, v in cfg.p50_by_shape.items()}
-        self._refused: Dict[str, str] = {}  # model -> refusal message, until a ping shows matching hashes
-        self._reply_bytes: Dict[str, int] = {}
+        self.risk_k = cfg.risk_k
+        self.joint = cfg.joint
+        self.makespan_weight = cfg.makespan_weight
+        self._refused: Dict[str, str] = self.nodes[0].refused if self.nodes else {}
+        self._reply_bytes: Dict[str, int] = self.nodes[0].reply_bytes if self.nodes else {}
         self._cv = threading.Condition()
         self._queue: Deque[_Job] = deque()
         self._fallbacks: Deque[_Job] = deque()
         self._queued_us = 0.0
         self._busy: Dict[int, tuple] = {}  # worker index -> (t_start, est_us)
         self._outstanding: Dict[int, _Job] = {}
-        self._inflight: Dict[int, Tuple[float, float]] = {}  # key -> (send time s, expected round trip µs)
         self._sink_lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
@@ -208,10 +257,11 @@ class Dispatcher:
                          for i in range(cfg.local_workers)]
         for t in self._workers:
             t.start()
-        self._prober: Optional[threading.Thread] = None
-        if fog is not None:
-            self._prober = threading.Thread(target=self._probe_loop, name="dispatch-probe", daemon=True)
-            self._prober.start()
+        self._probers = [threading.Thread(target=self._probe_loop, args=(node,), daemon=True,
+                                          name="dispatch-probe" + (f"-{node.name}" if len(self.nodes) > 1 else ""))
+                         for node in self.nodes]
+        for t in self._probers:
+            t.start()
 
     # ---- public --------------------------------------------------------------------------------
     def policy_for(self, model: str) -> str:
@@ -230,20 +280,19 @@ class Dispatcher:
         """
         local: List[_Job] = []
         base_us = self._queued_and_running_us()
+        defer = self.joint and len(samples) > 1 and self.fog is not None
+        together: List[_Job] = []  # adaptive inputs waiting for the joint decision
         try:
             for sample in samples:
                 job: Optional[_Job] = None
                 try:
-                    job = self._decide_one(sample, base_us)
+                    job = self._decide_one(sample, base_us, defer=defer)
                     if job is None:
                         continue
-                    if job.decision is not None and job.decision.decision == "offload":
-                        self._offload(job)
-                    else:
-                        est = job.inputs.local_exec_us if job.inputs is not None else None
-                        job.est_us = est if est is not None else (self.local.exec_us(job.sample.model) or 0.0)
-                        local.append(job)
-                        self._pending_us += job.est_us
+                    if job.decision is None:
+                        together.append(job)
+                        continue
+                    self._start(job, local)
                 except Exception as exc:  # this input gets an error record; the others go on
                     log.exception("submit failed for %s seq %s", getattr(sample, "model", "?"),
                                   getattr(sample, "seq", "?"))
@@ -251,14 +300,50 @@ class Dispatcher:
                         job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
                         self._track(job)
                     self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
+            if together:
+                for job in self._decide_together(together):  # in start order: shortest first per resource
+                    try:
+                        self._start(job, local)
+                    except Exception as exc:  # this input gets an error record; the others go on
+                        log.exception("submit failed for %s seq %s", job.sample.model, getattr(job.sample, "seq", "?"))
+                        self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
         finally:
             if local and self._claim_idle_worker(local):
                 self._run_inline(local)  # nothing queued, no worker busy: no hand-off buys anything
             else:
                 self._enqueue_local_many(local)
 
-    def _decide_one(self, sample: Any, backlog_base_us: Optional[float] = None) -> Optional[_Job]:
-        """Track one input and decide it; None if it was already recorded (rejected)."""
+    def _start(self, job: _Job, local: List[_Job]) -> None:
+        """Send a decided input to the fog, or add it to ``local`` (queued by the caller)."""
+        if job.decision is not None and job.decision.decision == "offload":
+            self._offload(job)
+        else:
+            est = job.inputs.local_exec_us if job.inputs is not None else None
+            job.est_us = est if est is not None else (self.local.exec_us(job.sample.model) or 0.0)
+            local.append(job)
+            self._pending_us += job.est_us
+
+    def _decide_together(self, jobs: List[_Job]) -> List[_Job]:
+        """Decide ``adaptive`` inputs that wait together with :func:`decide_batch`; each job keeps the numbers
+        the joint schedule saw, so its record replays alone. Returns the jobs in the order to start them
+        (:func:`start_order`: the schedule assumed it)."""
+        try:
+            planned = decide_batch("adaptive", [j.inputs or _NO_INPUTS for j in jobs], self.makespan_weight)
+        except Exception as exc:  # a bug in the joint plan must not lose an input
+            log.exception("joint decision failed for %d inputs", len(jobs))
+            for j in jobs:
+                j.decision = Decision("local", f"decision failed: {exc}")
+            return jobs
+        for n, (job, (seen, d)) in enumerate(zip(jobs, planned)):
+            job.inputs, job.decision, job.joint = seen, d, (len(jobs), n)
+            self._refusal_reason(job)
+        order = start_order([seen for seen, _ in planned], [d.decision == "offload" for _, d in planned])
+        return [jobs[n] for n in order]
+
+    def _decide_one(self, sample: Any, backlog_base_us: Optional[float] = None,
+                    defer: bool = False) -> Optional[_Job]:
+        """Track one input and decide it; None if it was already recorded (rejected). With ``defer``, an
+        ``adaptive`` input only gets its numbers (``decision`` stays None: :meth:`_decide_together` decides)."""
         job = _Job(sample=sample, policy=self.policy_for(sample.model), ts=time.time())
         self._track(job)
         if self._closing and self._stop.is_set():
@@ -270,10 +355,10 @@ class Dispatcher:
             return None
         if self._park_if_busy(job):
             return None  # decided when this sender's previous input of this stateful model is recorded
-        self._decide(job, backlog_base_us)
+        self._decide(job, backlog_base_us, defer)
         return job
 
-    def _decide(self, job: _Job, backlog_base_us: Optional[float] = None) -> None:
+    def _decide(self, job: _Job, backlog_base_us: Optional[float] = None, defer: bool = False) -> None:
         sample = job.sample
         try:
             wcet = local_exec = None
@@ -283,13 +368,22 @@ class Dispatcher:
                 job.shape = self._entries[sample.model].shape_key(getattr(sample, "feeds", None) or sample.array)
                 wcet, job.wcet_scaled = estimate_wcet_us(self.wcet_by_shape.get(sample.model, {}), job.shape)
                 local_exec, _ = estimate_wcet_us(self.p50_by_shape.get(sample.model, {}), job.shape)
-            job.inputs = self._inputs(sample, backlog_base_us, wcet, local_exec)
+            job.inputs = self._inputs(sample, backlog_base_us, wcet, local_exec, job)
+            if defer and job.policy == "adaptive" and job.inputs.objective == "latency":
+                return
             job.decision = decide(job.policy, job.inputs)
         except Exception as exc:  # a bug in estimation must not lose the input
             log.exception("decision failed for %s seq %s", sample.model, sample.seq)
             job.decision = Decision("local", f"decision failed: {exc}")
-        if job.decision.reason == "fog down" and sample.model in self._refused and self.breaker.is_up():
-            job.decision = dataclasses.replace(job.decision, reason="fog refuses this model's hash")
+        self._refusal_reason(job)
+
+    def _refusal_reason(self, job: _Job) -> None:
+        """"fog down" for a model the reachable nodes refuse (hash mismatch) says so."""
+        d = job.decision
+        model = job.sample.model
+        if (d is not None and d.reason == "fog down"
+                and any(model in n.refused and n.breaker.is_up() for n in self.nodes)):
+            job.decision = dataclasses.replace(d, reason="fog refuses this model's hash")
 
     # ---- stateful models: one input per (sender, model) at a time -------------------------------
     def _park_if_busy(self, job: _Job) -> bool:
@@ -381,8 +475,8 @@ class Dispatcher:
             self._cv.notify_all()
         for t in self._workers:
             t.join(2.0)
-        if self._prober is not None:
-            self._prober.join(2.0)
+        for t in self._probers:
+            t.join(2.0)
         return clean
 
     def stats(self) -> Dict[str, Any]:
@@ -393,8 +487,10 @@ class Dispatcher:
         return {"decisions": dict(self.counts), "models": dict(self.per_model), "in_flight": in_flight,
                 "local_queue": qlen, "errors": self.errors, "ingest_rejected": self.ingest_rejected,
                 "sink_failures": self.sink_failures,
-                "fog": None if self.fog is None else self.breaker.state,
-                "refused_models": sorted(self._refused)}
+                "fog": (None if not self.nodes else self.breaker.state if len(self.nodes) == 1
+                        else ", ".join(f"{n.name} {n.breaker.state}" for n in self.nodes)),
+                "fogs": {n.name: {"state": n.breaker.state, "refused_models": sorted(n.refused)} for n in self.nodes},
+                "refused_models": sorted({m for n in self.nodes for m in n.refused})}
 
     def status_line(self) -> str:
         s = self.stats()
@@ -418,9 +514,10 @@ class Dispatcher:
             return self._queued_us + busy
 
     def _inputs(self, sample: Any, backlog_base_us: Optional[float] = None, wcet_us: Optional[float] = None,
-                local_exec_us: Optional[float] = None) -> DecisionInputs:
+                local_exec_us: Optional[float] = None, job: Optional[_Job] = None) -> DecisionInputs:
         """The numbers one decision is made from. ``wcet_us``/``local_exec_us`` override the model's (a dynamic
-        model's values for this input's shape)."""
+        model's values for this input's shape). With several fog nodes, the fog's numbers are those of the best
+        node for this input (``job.node``)."""
         model = sample.model
         if self.fog is None and self.power is None and getattr(sample, "deadline_ms", None) is None:
             # local only, no power model, no deadline: the other numbers are None (the hot path of a local edge)
@@ -430,15 +527,17 @@ class Dispatcher:
                                   local_exec_us=None if exec_us is None else _r(exec_us),
                                   local_queue_us=_r(self._local_backlog_us(backlog_base_us)) or 0.0,
                                   objective=self.objective)
-        fog_up = self.fog is not None and self.breaker.is_up() and model not in self._refused
-        t_l_in = t_l_out = t_f = None
+        fog_up = False
+        t_l_in = t_l_out = t_f = t_l_dev = t_f_dev = t_l_tx = None
         fog_queue: Optional[float] = None
-        if self.fog is not None:
-            t_l_in = self.link.t_l_us(int(sample.nbytes) + HEADER_OVERHEAD_BYTES)
-            t_l_out = self.link.t_l_us(self._reply_bytes.get(model, DEFAULT_REPLY_BYTES))
-            t_f = self.link.t_f_us(model)
-            fog_queue = self.link.fog_queue_us()
-            t_l_in = self._stall_adjusted(t_l_in)
+        if self.nodes:
+            # one lock round per node: T_L with this edge's bytes ahead (and a collapse an overdue request shows),
+            # the fog queue as the last report drained plus this edge's own work ahead, the dispersions
+            index, nums = self._best_node(model, int(sample.nbytes) + HEADER_OVERHEAD_BYTES)
+            if job is not None:
+                job.node = index
+            fog_up = self.nodes[index].up_for(model)
+            t_l_in, t_l_out, t_f, fog_queue, t_l_dev, t_f_dev, t_l_tx = nums
         deadline_us = None
         if getattr(sample, "deadline_ms", None) is not None:
             deadline_us = float(sample.deadline_ms) * 1000.0 - (self.clock() - sample.t_arrival) * 1e6
@@ -451,61 +550,72 @@ class Dispatcher:
             t_f_us=_r(t_f), fog_queue_us=_r(fog_queue), fog_up=fog_up, deadline_us=_r(deadline_us),
             objective=self.objective,
             p_active_w=_r(getattr(p, "p_active_w", None), 4), p_idle_w=_r(getattr(p, "p_idle_w", None), 4),
-            p_radio_w=_r(getattr(p, "p_radio_w", None), 4))
+            p_radio_w=_r(getattr(p, "p_radio_w", None), 4),
+            local_dev_us=_r(self.local.dev_us(model)), t_l_dev_us=_r(t_l_dev), t_f_dev_us=_r(t_f_dev),
+            risk_k=self.risk_k, t_l_tx_us=_r(t_l_tx))
 
-    def _stall_adjusted(self, t_l_in: Optional[float]) -> Optional[float]:
-        """Raise T_L(in) by how overdue the most overdue offload in flight is.
-
-        Replies arrive one round trip late, so a link that just got slow shows first as requests
-        that do not come back. A request older than twice its expected round trip is overdue by
-        ``age - expected``; the link is at least that much slower than estimated, so T_L(in) is
-        raised by that amount. The adjusted value is what the record stores, so replays match.
-        """
-        if t_l_in is None:
-            return None
-        now = self.clock()
-        with self._cv:
-            flights = list(self._inflight.values())
-        overdue = 0.0
-        for t_sent, expected_us in flights:
-            age_us = (now - t_sent) * 1e6
-            if age_us > 2.0 * expected_us:
-                overdue = max(overdue, age_us - expected_us)
-        return t_l_in + overdue
+    def _best_node(self, model: str, nbytes: int, exclude: int = -1) -> Tuple[int, Any]:
+        """(index, offload numbers) of the node an offload of ``model`` would finish soonest on, among the nodes
+        up for it (except ``exclude``); the first such node while none has estimates yet; else node 0 (or the
+        first node that is not ``exclude``), which the decision then sees as down."""
+        best: Optional[Tuple[float, int, Any]] = None
+        fallback: Optional[Tuple[int, Any]] = None
+        for index, node in enumerate(self.nodes):
+            if index == exclude:
+                continue
+            nums = node.link.offload_numbers(nbytes, node.reply_bytes.get(model, DEFAULT_REPLY_BYTES), model)
+            if fallback is None:
+                fallback = (index, nums)
+            if len(self.nodes) == 1:
+                return index, nums
+            if not node.up_for(model):
+                continue
+            t_l_in, t_l_out, t_f, fog_queue = nums[0], nums[1], nums[2], nums[3]
+            total = (float("inf") if t_l_in is None or t_f is None
+                     else t_l_in + (fog_queue or 0.0) + t_f + (t_l_out or 0.0))
+            if best is None or total < best[0]:
+                best = (total, index, nums)
+        if best is not None:
+            return best[1], best[2]
+        if fallback is None:
+            raise LookupError("no fog node left to try")
+        return fallback
 
     # ---- offload path ----------------------------------------------------------------------------
     def _offload(self, job: _Job) -> None:
-        assert self.fog is not None
+        node = self.nodes[job.node]
         sample = job.sample
         job.radio_token = self._begin("radio")
         job.t_sent = self.clock()
-        expected_us = (job.decision.expected_offload_us if job.decision else None) or 0.0
-        with self._cv:
-            self._inflight[job.key] = (job.t_sent, max(expected_us, 1000.0))
+        model = sample.model
+        # announced before the send: the estimator queues its bytes on the uplink and its work on the fog
+        node.link.on_send(job.key, int(sample.nbytes) + HEADER_OVERHEAD_BYTES, model,
+                          node.reply_bytes.get(model, DEFAULT_REPLY_BYTES))
         try:
-            payload = sample.array if self._simple.get(sample.model, True) else self._feeds(sample)
-            fut = self.fog.submit(sample.model, payload, self.hashes.get(sample.model), self.fog_timeout_s)
+            payload = sample.array if self._simple.get(model, True) else self._feeds(sample)
+            fut = node.backend.submit(model, payload, self.hashes.get(model), self.fog_timeout_s)
         except Exception as exc:  # a back end that cannot even take the request: run it here
-            with self._cv:
-                self._inflight.pop(job.key, None)
+            node.link.on_fail(job.key)
+            self._end(job.radio_token)
             self._on_fog_failure(job, FogFailure(f"submit failed: {exc}"))
             return
-        fut.add_done_callback(functools.partial(self._on_fog_done, job))
+        fut.add_done_callback(functools.partial(self._on_fog_done, job, node))
 
-    def _on_fog_done(self, job: _Job, fut: Future[FogReply]) -> None:
+    def _on_fog_done(self, job: _Job, node: FogNode, fut: Future[FogReply]) -> None:
         self._end(job.radio_token)
-        with self._cv:
-            self._inflight.pop(job.key, None)
         exc = fut.exception()
         if exc is not None:
+            node.link.on_fail(job.key, timed_out=isinstance(exc, FogTimeout))
             self._on_fog_failure(job, exc)
             return
         reply = fut.result()
-        self.breaker.record_success()
+        node.breaker.record_success()
         model = job.sample.model
-        self._reply_bytes[model] = reply.bytes_in
-        self.link.observe_round_trip(reply.bytes_out, reply.bytes_in, reply.rtt_us, reply.t_f_us, reply.queue_us,
-                                     model=model)
+        node.reply_bytes[model] = reply.bytes_in
+        node.link.observe_round_trip(reply.bytes_out, reply.bytes_in, reply.rtt_us, reply.t_f_us, reply.queue_us,
+                                     model=model, key=job.key,
+                                     fog_queue_est_us=getattr(reply, "queue_est_us", None))
+        job.t_f_source = getattr(reply, "t_f_source", None)
         t_done = self.clock()
         energy = self._energy(job.t_sent, t_done)
         try:
@@ -525,14 +635,30 @@ class Dispatcher:
                    energy_mj=energy, outputs=outputs, summary=summary)
 
     def _on_fog_failure(self, job: _Job, exc: BaseException) -> None:
+        """An offload failed on its node: that node learns it (refusal, breaker); the input is sent once more to
+        the next-best node up for its model, if there is one and it has not been tried, else runs here."""
         model = job.sample.model
+        node = self.nodes[job.node]
         if isinstance(exc, FogRefused):
-            if model not in self._refused:
-                log.error("fog refused model %s: %s (running it locally from now on)", model, exc)
-            self._refused[model] = str(exc)
+            if model not in node.refused:
+                log.error("fog %s refused model %s: %s (not sending it there from now on)", node.name, model, exc)
+            node.refused[model] = str(exc)
         elif not isinstance(exc, FogError):  # an error the fog answered itself means it is alive
-            self._fog_failed(str(exc))
-        job.fog_error = f"{type(exc).__name__}: {exc}"
+            self._fog_failed(node, str(exc))
+        error = f"{type(exc).__name__}: {exc}"
+        if job.failover is None and len(self.nodes) > 1 and not job.recorded and not self._stop.is_set():
+            try:
+                index, _ = self._best_node(model, int(job.sample.nbytes) + HEADER_OVERHEAD_BYTES, exclude=job.node)
+            except LookupError:
+                index = -1
+            if index >= 0 and self.nodes[index].up_for(model):
+                job.failover = f"{node.name}: {error}"
+                log.info("fog %s failed for %s seq %s (%s): sending it to %s", node.name, model,
+                         getattr(job.sample, "seq", "?"), error, self.nodes[index].name)
+                job.node = index
+                self._offload(job)
+                return
+        job.fog_error = error if job.failover is None else f"{job.failover}; {node.name}: {error}"
         with self._cv:
             if job.recorded:
                 return
@@ -691,44 +817,51 @@ class Dispatcher:
         self._write(recs, done, outs)
 
     # ---- probes ----------------------------------------------------------------------------------
-    def _probe_loop(self) -> None:
-        assert self.fog is not None
+    def _probe_loop(self, node: FogNode) -> None:
+        """One per fog node: probes that bring a node that is down back, and keep an idle node's estimates fresh."""
+        breaker, link = node.breaker, node.link
         while not self._stop.wait(min(0.05, self.probe_interval_s)):
             try:
-                if not self.breaker.is_up():
-                    if self.breaker.probe_due():
-                        err = self._probe(0) or self._probe(self.probe_pad_bytes)
-                        self.breaker.record_probe(err is None, err or "")
-                elif self.link.is_stale():
-                    err = self._probe(0) or self._probe(self.probe_pad_bytes)
+                if not breaker.is_up():
+                    if breaker.probe_due():
+                        err = self._probe(node, 0) or self._probe(node, self.probe_pad_bytes)
+                        breaker.record_probe(err is None, err or "")
+                elif (kind := link.probe_kind(self.probe_interval_s)) is not None:
+                    # "full": stale, or a collapse / change to learn; "ping": nothing came back for a while
+                    err = self._probe(node, 0) or (self._probe(node, self.probe_pad_bytes) if kind == "full"
+                                                   else None)
                     if err is not None:
-                        self._fog_failed(err)
+                        self._fog_failed(node, err)
                     elif self._stop.wait(self.probe_interval_s):
                         return
             except Exception:  # the probe loop must survive anything
-                log.exception("probe failed unexpectedly")
+                log.exception("probe of fog %s failed unexpectedly", node.name)
 
-    def _fog_failed(self, error: str) -> None:
-        if self.breaker.record_failure(error):
-            self.link.forget_link()  # the link that comes back is learned afresh from the probes
+    def _fog_failed(self, node: FogNode, error: str) -> None:
+        if node.breaker.record_failure(error):
+            node.link.forget_link()  # the link that comes back is learned afresh from the probes
 
-    def _probe(self, pad: int) -> Optional[str]:
-        """One ping; feeds the estimator; returns None on success or the error text."""
-        assert self.fog is not None
+    def _probe(self, node: FogNode, pad: int) -> Optional[str]:
+        """One ping of ``node``; feeds its estimator; returns None on success or the error text."""
+        link = node.link
+        key = ("probe", self.clock())  # announced like an offload: the bytes queued ahead of it count in the fit
+        link.on_send(key, PING_BYTES + pad, None, PING_BYTES + pad)
         try:
-            pong = self.fog.ping(timeout_s=min(self.fog_timeout_s, 2.0), pad_bytes=pad)
+            pong = node.backend.ping(timeout_s=min(self.fog_timeout_s, 2.0), pad_bytes=pad)
         except FogFailure as exc:
+            link.on_fail(key)
             return f"probe: {type(exc).__name__}: {exc}"
-        self.link.observe_round_trip(pong.bytes_out, pong.bytes_in, pong.rtt_us)
-        self.link.observe_fog_queue(pong.queue_est_us)
+        link.observe_round_trip(pong.bytes_out, pong.bytes_in, pong.rtt_us, key=key)
+        link.observe_fog_queue(pong.queue_est_us, workers=pong.workers or None,
+                               age_us=link.t_l_us(pong.bytes_in) or 0.0)  # made a one-way trip ago
         for name, info in pong.models.items():
             if name not in self.models:
                 continue
             if info.get("t_f_us") is not None:
-                self.link.observe_fog_report(name, float(info["t_f_us"]))
-            if name in self._refused and info.get("model_hash") == self.hashes.get(name):
-                log.info("fog now serves the same %s as this edge: offloading it again", name)
-                self._refused.pop(name, None)
+                link.observe_fog_report(name, float(info["t_f_us"]))
+            if name in node.refused and info.get("model_hash") == self.hashes.get(name):
+                log.info("fog %s now serves the same %s as this edge: offloading it again", node.name, name)
+                node.refused.pop(name, None)
         return None
 
     # ---- records ---------------------------------------------------------------------------------
@@ -823,6 +956,21 @@ class Dispatcher:
         if job.shape is not None:
             rec["shape"] = job.shape
             rec["wcet_scaled"] = job.wcet_scaled
+        if i.t_l_tx_us is not None or i.local_dev_us is not None or i.joint_local_us is not None:
+            for name in RECORD_FIELDS_14:  # risk and joint numbers, when set: inputs_from_record reads them back
+                value = getattr(i, name)
+                if value is not None and not (name == "risk_k" and value == 0.0):
+                    rec[name] = value
+        if d is not None and d.compared_local_us is not None:
+            rec["compared_local_us"], rec["compared_offload_us"] = _r(d.compared_local_us), _r(d.compared_offload_us)
+        if job.joint is not None:
+            rec["joint_n"], rec["joint_index"] = job.joint
+        if self.nodes and job.inputs is not None:  # the node compared with (and, offloaded, the one that ran it)
+            rec["fog"] = self.nodes[job.node].name
+            if job.failover is not None:
+                rec["failover"] = job.failover
+            if job.t_f_source is not None:
+                rec["t_f_source"] = job.t_f_source
         if i.objective == "energy":
             rec.update(p_active_w=i.p_active_w, p_idle_w=i.p_idle_w, p_radio_w=i.p_radio_w,
                        expected_local_mj=_r(d.expected_local_mj, 4) if d else None,
