@@ -97,3 +97,68 @@ def test_edged_run_offloads_to_mlserver_and_loses_nothing_when_it_dies(tmp_path:
     # after the death nothing is offloaded: every record after the first non-offload is local or a fallback
     first_down = min(r["seq"] for r in by["fallback"] + by["local"])
     assert not [r for r in by["offload"] if r["seq"] > first_down + 5]
+
+
+@pytest.mark.timeout(180)
+def test_an_edged_fog_and_an_mlserver_node_fail_over_to_each_other_then_run_here(mlserver: Server) -> None:
+    """Mixed [[fog]] nodes through the real Dispatcher: both serve while they live, MLServer takes everything
+    when the edged fog is killed (the inputs in flight fail over), and both gone means local."""
+    import numpy as np
+
+    from edged.models import Catalogue
+    from edged.offload.dispatcher import Dispatcher, FogNode
+    from edged.offload.estimator import LinkEstimator
+    from edged.offload.fog_client import CircuitBreaker, ZmqFogBackend
+    from edged.offload.oip import OipFogBackend
+    from edged.sources.sample import Sample
+    from tests.test_offload_fog import FogProcess, Recorder, assert_one_record_each, wait_for
+
+    cat = Catalogue.discover()
+    mlp = cat.load("mlp", backend="onnx")
+    oip = OipFogBackend(mlserver.grpc)
+    assert oip.attach_models({"mlp": mlp}) == {"mlp": "verified"}
+    zfog = FogProcess()
+
+    def breaker() -> CircuitBreaker:
+        return CircuitBreaker(failure_threshold=2, recovery_probes=2, probe_interval_s=0.2)
+
+    nodes = [FogNode("mlserver", oip, LinkEstimator(), breaker()),
+             FogNode("edged-fog", ZmqFogBackend(zfog.endpoint), LinkEstimator(), breaker())]
+    rec = Recorder()
+    d = Dispatcher({"mlp": mlp}, {"*": "offload"}, rec, nodes=nodes, fog_timeout_s=1.0, probe_interval_s=0.2)
+    xs, _ = mlp.entry.load_validation()
+    seq = 0
+
+    def send(n: int) -> None:
+        nonlocal seq
+        for _ in range(n):
+            d.submit(Sample(model="mlp", seq=seq, array=xs[seq % len(xs)].astype(np.float32), source="t"))
+            seq += 1
+            time.sleep(0.02)
+
+    try:
+        wait_for(lambda: all(n.link.t_l_us(500) is not None and n.link.t_f_us("mlp") is not None for n in nodes), 30)
+        send(20)
+        wait_for(lambda: len(rec.records) == 20, 30)
+        assert {r["decision"] for r in rec.records} == {"offload"}  # on whichever node looks faster now
+        zfog.proc.kill()
+        zfog.proc.wait(5)
+        send(30)
+        wait_for(lambda: len(rec.records) == 50, 30)
+        after = rec.records[20:]
+        assert all(r["decision"] == "offload" and r["fog"] == "mlserver" for r in after[-10:]), \
+            [(r["decision"], r["fog"]) for r in after]
+        assert all(r.get("t_f_source") for r in after if r["fog"] == "mlserver" and r["decision"] == "offload")
+        mlserver.stop()
+        send(30)
+        wait_for(lambda: len(rec.records) == 80, 30)
+        last = rec.records[50:]
+        assert {r["decision"] for r in last} <= {"fallback", "local"} and last[-1]["reason"] == "fog down"
+    finally:
+        assert d.close(15.0)
+        for n in nodes:
+            n.backend.close()
+        zfog.stop()
+    assert_one_record_each(rec, 80)
+    want = mlp.predict(np.stack([xs[i % len(xs)] for i in range(80)]).astype(np.float32)).argmax(axis=1)
+    assert [r["result"]["label"] for r in sorted(rec.records, key=lambda r: r["seq"])] == want.tolist()
