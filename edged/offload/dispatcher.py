@@ -22,6 +22,7 @@ record, so ``decide(record["policy"], inputs_from_record(record))`` replays it e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -327,6 +328,8 @@ class Dispatcher:
         """Decide ``adaptive`` inputs that wait together with :func:`decide_batch`; each job keeps the numbers
         the joint schedule saw, so its record replays alone. Returns the jobs in the order to start them
         (:func:`start_order`: the schedule assumed it)."""
+        if self._local_dominates(jobs):
+            return self._decide_in_turn(jobs)
         try:
             planned = decide_batch("adaptive", [j.inputs or _NO_INPUTS for j in jobs], self.makespan_weight)
         except Exception as exc:  # a bug in the joint plan must not lose an input
@@ -339,6 +342,51 @@ class Dispatcher:
             self._refusal_reason(job)
         order = start_order([seen for seen, _ in planned], [d.decision == "offload" for _, d in planned])
         return [jobs[n] for n in order]
+
+    @staticmethod
+    def _local_dominates(jobs: Sequence[_Job]) -> bool:
+        """True when running every one of ``jobs`` here, in turn, is the best joint plan, so the search can be
+        skipped: even the soonest any of them could finish on the fog (alone, mean estimates: a lower bound of
+        what the risk-adjusted plan compares) is later than the last would finish here, by more than what taking
+        one input off the local queue could save all the others (n x the longest local run)."""
+        soonest = float("inf")
+        total = longest = 0.0
+        backlog: Optional[float] = None
+        for job in jobs:
+            i = job.inputs
+            if i is None:
+                return False
+            if backlog is None:
+                backlog = i.local_queue_us
+            run = i.local_exec_us if i.local_exec_us is not None else i.wcet_us
+            if run is None:
+                return False
+            total += run
+            longest = max(longest, run)
+            if i.fog_up and i.t_l_in_us is not None and i.t_f_us is not None:
+                soonest = min(soonest, i.t_l_in_us + (i.fog_queue_us or 0.0) + i.t_f_us + (i.t_l_out_us or 0.0))
+        return soonest >= (backlog or 0.0) + total + len(jobs) * longest
+
+    def _decide_in_turn(self, jobs: List[_Job]) -> List[_Job]:
+        """Each input decided alone, in order, the local queue grown by the earlier local ones (what
+        submit_many does without joint decisions); each record keeps the numbers its decision saw."""
+        extra = 0.0
+        for job in jobs:
+            i = job.inputs or _NO_INPUTS
+            if extra:
+                i = copy.copy(i)
+                object.__setattr__(i, "local_queue_us", _r(i.local_queue_us + extra))
+            job.inputs = i
+            try:
+                job.decision = decide(job.policy, i)
+            except Exception as exc:  # a bug in a policy must not lose the input
+                log.exception("decision failed for %s", job.sample.model)
+                job.decision = Decision("local", f"decision failed: {exc}")
+            if job.decision.decision == "local":
+                run = i.local_exec_us if i.local_exec_us is not None else i.wcet_us
+                extra += run or 0.0
+            self._refusal_reason(job)
+        return jobs
 
     def _decide_one(self, sample: Any, backlog_base_us: Optional[float] = None,
                     defer: bool = False) -> Optional[_Job]:
