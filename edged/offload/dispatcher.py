@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -60,6 +61,7 @@ from edged.results import (
 from edged.sources.sample import Sample
 
 log = logging.getLogger("edged.dispatch")
+_floor = math.floor
 #: the decision inputs of a record written before any decision (e.g. a rejection)
 _NO_INPUTS = DecisionInputs()
 #: every key a decision record always has, in the order it is written (docs/logs.md), all None
@@ -83,9 +85,16 @@ Outputs = Dict[str, np.ndarray]
 
 
 def _r(x: Optional[float], nd: int = 1) -> Optional[float]:
+    """``x`` to ``nd`` decimals for the record. The value the decision uses is the value the record stores, so
+    any fixed rounding replays exactly; one decimal (every µs number) takes the float path, the double nearest
+    k / 10 (JSON prints it as those digits), ~4x cheaper than ``round``'s decimal conversion."""
     if x is None:
         return None
-    return round(x, nd) if type(x) is float else round(float(x), nd)  # noqa: E721 - exact type: hot path
+    if type(x) is not float:  # noqa: E721 - exact type: hot path
+        x = float(x)
+    if nd == 1 and x - x == 0.0:  # finite
+        return _floor(x * 10.0 + 0.5) / 10.0
+    return round(x, nd)
 
 
 @dataclass
