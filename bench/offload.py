@@ -307,8 +307,11 @@ def run_pass(policy: str, fog: Fog, models: Dict[str, Any], stream: List[Tuple[s
         if wait > 0:
             time.sleep(wait)
         t_rel = time.monotonic() - t0
-        samples = [Sample(model=stream[i][0], seq=i, array=stream[i][1], source="bench", meta={"t_rel": t_rel})
-                   for i in group]
+        # arrival = when the input was due, not when this loop got to it: a local input the dispatcher runs
+        # inline on this thread delays the next submissions, and that wait is latency too
+        due = t0 + arrivals[group[0]]
+        samples = [Sample(model=stream[i][0], seq=i, array=stream[i][1], source="bench", meta={"t_rel": t_rel},
+                          t_arrival=due) for i in group]
         if len(samples) == 1:
             d.submit(samples[0])
         else:
