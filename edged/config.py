@@ -108,6 +108,10 @@ class PolicyConfig:
     default: str = field(default="adaptive", metadata=_choices(*POLICY_NAMES))
     objective: str = field(default="latency", metadata=_choices(*OBJECTIVES))
     models: Mapping[str, str] = field(default_factory=dict, metadata={"values": POLICY_NAMES})
+    #: adaptive compares each path at mean + k x its dispersion: "mean" or "mean+<k>dev" (docs/offloading.md)
+    risk: str = "mean+1dev"
+    joint: bool = True  # adaptive decides inputs that arrive together jointly (list schedule over both resources)
+    makespan_weight: float = field(default=0.0, metadata=_min(0))  # weight of the latest completion in that plan
 
 
 @dataclass(frozen=True)
@@ -565,6 +569,12 @@ def parse_config(raw: Mapping[str, Any], path: str = "<config>", known_models: O
             errs.add(f"{key}.name" if fc.name else key, node,
                      f"a name no other fog node has ({seen_fogs[node]} has it; set name = \"...\" on each)")
         seen_fogs.setdefault(node, key)
+    try:
+        from edged.offload.policy import parse_risk
+
+        parse_risk(cfg.policy.risk)
+    except ConfigError:
+        errs.add("policy.risk", cfg.policy.risk, '"mean" or "mean+<k>dev" with k >= 0, e.g. "mean+1dev"')
     _check_conflicts(cfg, where, errs)
     if check_paths:
         _check_paths(cfg, errs)

@@ -286,6 +286,7 @@ class Daemon:
         from edged.offload.dispatcher import Dispatcher, FogNode
         from edged.offload.estimator import LinkEstimator
         from edged.offload.fog_client import CircuitBreaker
+        from edged.offload.policy import parse_risk
         from edged.offload.types import DispatcherConfig
         from edged.sources.queue import IngestQueue
 
@@ -317,7 +318,8 @@ class Daemon:
             max_local_queue=cfg.local.max_queue, max_batch=cfg.local.max_batch,
             fog_timeout_s=cfg.fog.timeout_ms / 1000.0, probe_interval_s=cfg.fog.probe_interval_s,
             wcet_us=timing["wcet"], local_exec_us=timing["p50"],
-            wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"])
+            wcet_by_shape=timing["wcet_by_shape"], p50_by_shape=timing["p50_by_shape"],
+            risk_k=parse_risk(cfg.policy.risk), joint=cfg.policy.joint, makespan_weight=cfg.policy.makespan_weight)
         self.dispatcher = Dispatcher(
             self.models, settings, self._record_one, sink_many=self._record_many, nodes=nodes,
             energy_fn=self.sampler.energy_mj if self.sampler else None, activity=tracker, power=power_model,

@@ -28,6 +28,9 @@ SCHEMES = "loop://, socket://, rfc2217://, spy://, alt://, hwgrep://, cp2110://"
 
 # (name, TOML text, environment, the error line after "WHERE: ") -- WHERE is FILE:LINE, or the variable
 CASES = [
+    ("risk not mean+kdev", '[policy]\nrisk = "mean+x"\n', {},
+     'policy.risk = \'mean+x\': expected "mean" or "mean+<k>dev" with k >= 0, e.g. "mean+1dev"'),
+    ("makespan weight negative", '[policy]\nmakespan_weight = -1\n', {}, "policy.makespan_weight = -1"),
     ("fog endpoint without ://", '[fog]\nendpoint = "tcp//10.0.0.2:5556"\n', {},
      "fog.endpoint = 'tcp//10.0.0.2:5556': " + ZMQ_EXPECTED + " or inproc://NAME (missing '://' after 'tcp')"),
     ("fog port out of range", '[fog]\nendpoint = "tcp://10.0.0.2:65536"\n', {},
@@ -339,3 +342,12 @@ def test_serial_url_check_never_raises(text):
 
     why = check_serial_url(text)
     assert why is None or isinstance(why, str)
+
+
+def test_policy_risk_and_joint_reach_the_dispatcher_settings(tmp_path):
+    from edged.offload.policy import parse_risk
+
+    f = _write(tmp_path, '[policy]\nrisk = "mean+2.5dev"\njoint = false\n')
+    cfg = load_config(f, environ={})
+    assert (parse_risk(cfg.policy.risk), cfg.policy.joint, cfg.policy.makespan_weight) == (2.5, False, 0.0)
+    assert load_config(_write(tmp_path, ""), environ={"EDGED_POLICY__RISK": "mean"}).policy.risk == "mean"
