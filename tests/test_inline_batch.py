@@ -193,3 +193,23 @@ def test_a_serial_chunk_reaches_a_batch_sink_in_order_around_bad_lines() -> None
     assert np.allclose(np.stack([s.array for s in sink.samples]), rows, atol=1e-5)
     snap = src.stats.snapshot()
     assert snap["accepted"] == 6 and snap["rejected"] == {"non_finite": 1, "wrong_size": 1}
+
+
+def test_long_local_work_goes_to_a_worker_so_the_caller_keeps_receiving(mlp: Any) -> None:
+    from edged.offload.dispatcher import INLINE_MAX_US
+
+    threads: Dict[str, str] = {}
+
+    def sink(r: Dict[str, Any]) -> None:
+        threads[r["model"] + str(r["seq"])] = threading.current_thread().name
+
+    rows = mlp_rows(2)
+    for name, est in (("short", INLINE_MAX_US / 4), ("long", INLINE_MAX_US * 2)):
+        d = Dispatcher({"mlp": mlp}, {"*": "local"}, sink, wcet_us={"mlp": est}, local_exec_us={"mlp": est})
+        try:
+            d.submit(Sample("mlp", 0 if name == "short" else 1, rows[0], "test"))
+            assert d.close(5.0)
+        finally:
+            d.close(1.0)
+    assert threads["mlp0"] == threading.current_thread().name, "expected to be short: run on the caller"
+    assert threads["mlp1"].startswith("dispatch-local"), "expected to be long: handed to a worker"

@@ -80,6 +80,9 @@ PING_BYTES = 120
 DECISIONS = ("local", "offload", "fallback", "rejected")
 #: the key of the caller's thread in ``_busy`` while it runs an input inline
 INLINE = -1
+#: most expected local work (µs) the caller's thread runs inline; a hand-off costs tens of µs, so beyond this
+#: it buys the caller time to receive (and stamp) what arrives meanwhile
+INLINE_MAX_US = 2000.0
 #: one input's raw outputs: output name -> array (batch axis removed)
 Outputs = Dict[str, np.ndarray]
 
@@ -319,7 +322,7 @@ class Dispatcher:
                         self._emit(job, "rejected", reason="internal error", error=f"{type(exc).__name__}: {exc}")
         finally:
             if local and self._claim_idle_worker(local):
-                self._run_inline(local)  # nothing queued, no worker busy: no hand-off buys anything
+                self._run_inline(local)  # nothing queued, no worker busy, short: no hand-off buys anything
             else:
                 self._enqueue_local_many(local)
 
@@ -726,11 +729,19 @@ class Dispatcher:
 
     # ---- local path ------------------------------------------------------------------------------
     def _claim_idle_worker(self, jobs: List[_Job]) -> bool:
-        """True (and the caller counts as a busy worker) when no local input waits and no worker is busy."""
+        """True (and the caller counts as a busy worker) when no local input waits, no worker is busy and the
+        inputs are expected to take at most :data:`INLINE_MAX_US`. Longer work goes to a worker, so the caller
+        (a source's thread) goes back to receiving: what arrives meanwhile is stamped when it arrives, and seen
+        in the local backlog of the next decisions, instead of waiting unseen in a socket buffer."""
+        est = 0.0
+        for job in jobs:
+            est += job.est_us
+        if est > INLINE_MAX_US:
+            return False
         with self._cv:
             if self._queue or self._fallbacks or self._busy or self._stop.is_set():
                 return False
-            self._busy[INLINE] = (self.clock(), sum(job.est_us for job in jobs))
+            self._busy[INLINE] = (self.clock(), est)
             self._pending_us = 0.0
             return True
 
