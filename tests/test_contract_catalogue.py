@@ -163,7 +163,7 @@ def test_run_fog_and_profile_skip_unservable_models_and_serve_the_rest(with_bad,
         _, err = fog.communicate(timeout=30)
     assert "model tampered skipped" in err and "sha256" in err
 
-    cfg = write_config(tmp_path, free_port(), extra="")
+    cfg = write_config(tmp_path, free_port(), extra="", models=None)  # every catalogue model
     text = cfg.read_text().replace("[power]", f'[models]\ndirs = ["{with_bad}"]\n[power]')
     cfg.write_text(text.replace("[daemon]", "[daemon]\nmax_inputs = 1\nprofile_on_start = false"))
     p = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
@@ -198,7 +198,7 @@ def test_run_models_dir_flag_adds_a_directory(tmp_path):
     m = json.loads((extra / "mlp2" / "manifest.json").read_text())
     m["name"] = "mlp2"
     (extra / "mlp2" / "manifest.json").write_text(json.dumps(m))
-    cfg = write_config(tmp_path, free_port())
+    cfg = write_config(tmp_path, free_port(), models=None)  # every catalogue model, and --models-dir's
     cfg.write_text(cfg.read_text().replace("[daemon]", "[daemon]\nprofile_on_start = false"))
     p = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg), "--models-dir", str(extra)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))

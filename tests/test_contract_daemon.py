@@ -23,7 +23,7 @@ def test_daemon_serves_multi_tensor_and_stateful_models_locally_and_offloaded(tm
     g.write_model(root, "two", g.TWO_OUTPUT_MANIFEST, {"onnx": ("model.onnx", g.onnx_two_outputs())})
     fog = FogProcess("--models-dir", str(root), "--model", "vad", "--model", "two")
     port = free_port()
-    cfg = write_config(tmp_path, port, fog=True)
+    cfg = write_config(tmp_path, port, fog=True, models=None)
     text = cfg.read_text().replace("[power]", f'[models]\ndirs = ["{root}"]\nenabled = ["vad", "two"]\n[power]')
     text = text.replace('[fog]\nenabled = true', f'[fog]\nenabled = true\nendpoint = "{fog.endpoint}"')
     text = text.replace('default = "adaptive"', 'default = "adaptive"\nmodels = { vad = "offload", two = "local" }')

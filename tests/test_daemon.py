@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 import zmq
@@ -72,8 +72,18 @@ class NotifySocket:
         self._t.join(timeout=2)
 
 
-def write_config(tmp: Path, zmq_port: int, extra: str = "", fog: bool = False) -> Path:
+#: the shipped models a test daemon runs unless a test asks otherwise: rgbcnn (the partitioning model) is left
+#: out, since profiling it at start takes ~65 s under qemu (make test-arm64) and no daemon test needs it
+DAEMON_TEST_MODELS = ("cnn", "cnn_int8", "mlp")
+
+
+def write_config(tmp: Path, zmq_port: int, extra: str = "", fog: bool = False,
+                 models: Optional[Sequence[str]] = DAEMON_TEST_MODELS) -> Path:
+    """A daemon config on ``zmq_port``; ``models`` becomes ``[models] enabled`` unless ``extra`` has its own
+    ``[models]`` table or it is None (the test writes one itself)."""
     cfg = tmp / "edged.toml"
+    if models and "[models]" not in extra:
+        extra = "[models]\nenabled = [" + ", ".join(f'"{m}"' for m in models) + "]\n" + extra
     cfg.write_text(f"""
 [daemon]
 state_dir = "{tmp / 'state'}"
@@ -469,7 +479,7 @@ def test_models_providers_reach_onnxruntime_and_a_missing_one_is_a_warning(tmp_p
     """[models] providers: the ONNX sessions are asked for them in order; one this build lacks (CUDA on
     the PyPI CPU wheel) is a named warning, and the daemon runs on the CPU."""
     port = free_port()
-    cfg = write_config(tmp_path, port)
+    cfg = write_config(tmp_path, port, models=None)
     cfg.write_text(cfg.read_text().replace(
         "[power]", '[models]\nenabled = ["mlp"]\nbackend = "onnx"\n'
                    'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n[power]'))
